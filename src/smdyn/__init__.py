@@ -1,0 +1,13 @@
+"""smdyn: Spherical Motion Dynamics for PyTorch.
+
+Measure, predict and act on the angular update of scale-invariant weights trained with SGD(M) and weight
+decay (Wan et al., "Spherical Motion Dynamics: Learning Dynamics of Normalized Neural Network using SGD and
+Weight Decay", NeurIPS 2021).
+"""
+
+from smdyn import geometry, theory
+from smdyn.invariance import InvariantParam, find_scale_invariant
+from smdyn.monitor import SphericalMonitor
+
+__all__ = ["InvariantParam", "SphericalMonitor", "find_scale_invariant", "geometry", "theory"]
+__version__ = "0.1.0"

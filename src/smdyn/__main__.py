@@ -1,0 +1,5 @@
+"""``python -m smdyn`` is the ``smdyn`` command."""
+
+from smdyn.cli import main
+
+raise SystemExit(main())

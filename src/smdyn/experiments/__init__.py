@@ -1,0 +1,1 @@
+"""Models, data, training loop and configs that reproduce the paper's experiments with the public API."""

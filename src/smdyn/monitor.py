@@ -1,0 +1,759 @@
+"""SphericalMonitor: per-layer angular update, weight norm and unit gradient of scale-invariant weights.
+
+The monitor attaches to any ``torch.optim`` optimizer through ``register_step_pre_hook`` /
+``register_step_post_hook`` and records, for every monitored weight and recorded step, the quantities of
+Wan et al., "Spherical Motion Dynamics" (NeurIPS 2021): weight norm (Thm 1), unit-gradient norm ‖g̃‖²
+(Def 2, Eq 6), h̃ (Thm 2), angular update Δ (Def 3, Eq 13) and their theoretical equilibrium values.
+
+Cost model. On a recorded step the monitor runs a handful of dot products per weight on the weight's own
+device and keeps the small result tensor; nothing moves to the host until a flush (every ``flush_every``
+recorded steps, or ``history()`` / ``close()``). For ``torch.optim.SGD`` the applied update is a known linear
+combination of the weight, its gradient and the momentum buffer, so the whole step follows from their Gram
+matrix computed *before* the step: no copy of the weights is kept and the post-step hook does nothing. Any
+other optimizer gets a snapshot of the monitored weights on recorded steps only.
+
+Accuracy. Angles come from the tangential and radial parts of the step (DESIGN §2): Δ = atan2(‖d⊥‖, r),
+never ``arccos`` of a cosine, which is useless at the Δ ≈ 1e-3 of real training.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from smdyn import geometry, theory
+
+__all__ = ["SphericalMonitor"]
+
+_log = logging.getLogger("smdyn")
+
+# Raw per-tensor reductions computed on the device, in this column order.
+_RAW = ("ww", "gg", "vv", "wg", "wv", "gv", "bb", "db", "dd", "dperp")
+_NRAW = len(_RAW)
+_I = {name: i for i, name in enumerate(_RAW)}
+
+#: Columns of ``history()`` and of every sink batch, in order.
+COLUMNS = (
+    "step",
+    "param",
+    "channel",
+    "lr",
+    "wd",
+    "momentum",
+    "weight_norm",
+    "unit_grad_sq",
+    "h_tilde",
+    "angular_update",
+    "effective_lr",
+    "grad_cosine",
+    "angular_update_rms",
+    "angular_update_mean",
+    "l_estimate",
+    "theory_angular_update",
+    "theory_weight_norm",
+    "in_equilibrium",
+    "reason",
+)
+
+
+@dataclass
+class _Unit:
+    """One monitored vector: a weight, or a weight and bias that are scale-invariant only together."""
+
+    name: str
+    tensors: list[nn.Parameter]
+    per_channel: bool
+    rows: int = 1  # output rows: 1, or the number of channels
+
+
+@dataclass
+class _Rule:
+    """How a param group updates its weights, and which theory (if any) applies to it."""
+
+    kind: Literal["sgd", "adamw", "other"]
+    known_update: bool  # the applied update follows from (w, g, v) before the step
+    theory: bool  # a derived or published equilibrium exists for this rule
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class _Theory:
+    """The equilibrium predictions for one unit under its group's current hyper-parameters."""
+
+    angular_update: float  # Δ*, NaN where no theory applies
+    weight_norm: Callable[[np.ndarray], np.ndarray]  # L estimate -> w*
+    relaxation_steps: float  # 1/(1 - approach factor): steps per e-fold of the theorems' bound
+    note: str  # why there is no theory ('' when there is)
+
+
+_COLLAPSE = (
+    "RMS Δ/Δ* far below 1 long after the last hyper-parameter change: the unit gradient is collapsing "
+    "(memorised data?), so the equilibrium theory does not apply"
+)
+
+
+def _no_norm(ell: np.ndarray) -> np.ndarray:
+    return np.full(np.shape(ell), np.nan)
+
+
+def _rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> _Rule:
+    """Classify a param group's update rule (DESIGN §1: never apply the SGD theory to another rule)."""
+    if type(optimizer) is torch.optim.SGD:
+        plain = not group.get("nesterov", False) and group.get("dampening", 0) == 0
+        known = not group.get("differentiable", False) and not group.get("fused", False)
+        note = "" if plain else "SGD with Nesterov or dampening: no equilibrium theory is derived for it"
+        return _Rule("sgd", known_update=known, theory=plain and not group.get("maximize", False), note=note)
+    decoupled = isinstance(optimizer, torch.optim.AdamW) or (
+        type(optimizer) is torch.optim.Adam and group.get("decoupled_weight_decay", False)
+    )
+    if decoupled:
+        return _Rule("adamw", known_update=False, theory=True)
+    return _Rule("other", False, False, f"{type(optimizer).__name__}: no equilibrium theory for this rule")
+
+
+class SphericalMonitor:
+    """Record Spherical Motion Dynamics of a model's scale-invariant weights during training.
+
+    Args:
+        model: the model being trained (used to resolve parameter names and, for ``params="auto"``,
+            to find the scale-invariant weights with :func:`smdyn.find_scale_invariant`).
+        optimizer: any ``torch.optim.Optimizer`` that owns the monitored parameters.
+        params: ``"auto"``; an iterable of ``(name, parameter)`` pairs; or an iterable of names resolved
+            against ``model`` (``"fc.weight+fc.bias"`` monitors the pair as one vector).
+        every: record every ``every``-th optimizer step, or a callable ``step -> bool``.
+        sinks: objects with ``write(batch)`` / ``close()`` (see :mod:`smdyn.sinks`).
+        flush_every: recorded steps buffered on the device before one transfer to the host and the sinks.
+        granularity: ``"tensor"`` (default) or ``"channel"``: one row per output channel where each
+            channel is scale-invariant on its own (weights feeding BatchNorm).
+        window: trailing window, in recorded steps, of the RMS / mean of Δ and of the estimate of L.
+        tol: ``in_equilibrium`` holds when the window is full and |RMS Δ / Δ* − 1| ≤ ``tol``.
+        keep_history: keep every record in memory for :meth:`history` (sinks still get everything).
+        example_batch, loss_fn: forwarded to :func:`smdyn.find_scale_invariant` for ``params="auto"``.
+
+    Records (one row per recorded step and monitored weight, or channel): see ``COLUMNS``. L, the
+    expected unit-gradient norm of Theorems 1–2, is estimated by the mean of h̃ (SGDM) or ‖g̃‖² (SGD) over
+    the trailing ``window`` recorded steps (the paper's Fig 3 uses a 200-step mean): ``l_estimate``.
+    Δ* = √(2λη/(1+α)) is the equilibrium value of √E[Δ²], so ``angular_update_rms`` is what it is
+    compared with; ``angular_update_mean`` is recorded too (it sits below Δ* when ‖g̃‖² varies).
+    The Δ window restarts whenever lr, weight decay or momentum change.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: str | Iterable[Any] = "auto",
+        *,
+        every: int | Callable[[int], bool] = 1,
+        sinks: Iterable[Any] = (),
+        flush_every: int = 100,
+        granularity: Literal["tensor", "channel"] = "tensor",
+        window: int = 200,
+        tol: float = 0.1,
+        keep_history: bool = True,
+        example_batch: Any = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(every, int):
+            if every < 1:
+                raise ValueError(f"every must be a positive int or a callable, got {every}")
+        elif not callable(every):
+            raise TypeError("every must be a positive int or a callable step -> bool")
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        if granularity not in ("tensor", "channel"):
+            raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        if not tol > 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        self.model = model
+        self.optimizer = optimizer
+        self.every = every
+        self.sinks = list(sinks)
+        self.flush_every = flush_every
+        self.granularity = granularity
+        self.window = window
+        self.tol = tol
+        self.keep_history = keep_history
+        self.units = self._resolve(params, example_batch, loss_fn)
+        if not self.units:
+            raise ValueError(
+                "no parameters to monitor: params='auto' found no scale-invariant weight in the model "
+                "(no conv/linear feeding a normalization layer); pass params explicitly"
+            )
+        self._group_of = self._map_groups()
+        self.step = 0  # optimizer steps seen (a step skipped by GradScaler never reaches the hooks)
+        self.events: list[dict[str, Any]] = []
+        self._last_lr: list[float] = [math.nan] * len(optimizer.param_groups)
+        self._event_lr: list[float] = [math.nan] * len(optimizer.param_groups)
+        total = sum(u.rows for u in self.units)
+        self._row_names = np.asarray([u.name for u in self.units for _ in range(u.rows)], dtype=object)
+        self._row_channels = np.asarray(
+            [r if u.per_channel else -1 for u in self.units for r in range(u.rows)], dtype=np.int64
+        )
+        # Trailing windows per output row (ring buffers); they survive flushes and state_dict round trips.
+        self._win: dict[str, np.ndarray] = {
+            "sq": np.full((total, window), np.nan),  # Δ² since the last hyper-parameter change
+            "ang": np.full((total, window), np.nan),  # Δ since the last hyper-parameter change
+            "ell": np.full((total, window), np.nan),  # h̃ (SGDM) or ‖g̃‖² (SGD, other rules): L samples
+            "n": np.zeros(total, dtype=np.int64),
+            "n_ell": np.zeros(total, dtype=np.int64),
+            "since": np.zeros(total, dtype=np.int64),  # recorded steps since the last change
+            "hparams": np.full((total, 3), np.nan),  # (lr, wd, momentum) the window was recorded under
+        }
+        self._pending: list[tuple[int, list[tuple], list[torch.Tensor]]] = []
+        self._snap: list[list[torch.Tensor | None]] | None = None
+        self._current: tuple[int, list[torch.Tensor], list[tuple]] | None = None
+        self._history: list[dict[str, np.ndarray]] = []
+        self._warned: set[str] = set()
+        self._closed = False
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        ]
+        # Records buffered at interpreter exit still reach the sinks (a crash in user code, Ctrl-C).
+        self._atexit = _flush_at_exit(self)
+        atexit.register(self._atexit)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _resolve(self, params: Any, example_batch: Any, loss_fn: Any) -> list[_Unit]:
+        named = dict(self.model.named_parameters())
+        by_id = {id(p): n for n, p in named.items()}
+        chan = self.granularity == "channel"
+        if isinstance(params, str):
+            if params != "auto":
+                raise ValueError(f"params must be 'auto', (name, parameter) pairs or names, got {params!r}")
+            from smdyn.invariance import find_scale_invariant
+
+            found = find_scale_invariant(self.model, example_batch, loss_fn)
+            return [self._unit(f.name, [named[n] for n in f.params], chan and f.per_channel) for f in found]
+        units = []
+        for item in params:
+            if isinstance(item, str):
+                missing = [n for n in item.split("+") if n not in named]
+                if missing:
+                    raise ValueError(f"params: {missing[0]!r} is not a parameter of the model")
+                tensors = [named[n] for n in item.split("+")]
+                units.append(self._unit(item, tensors, chan))
+            elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
+                name, p = item
+                if id(p) not in by_id:
+                    raise ValueError(f"params: parameter {name!r} does not belong to the model")
+                units.append(self._unit(str(name), [p], chan))
+            else:
+                raise TypeError(f"params: expected a name or a (name, parameter) pair, got {item!r}")
+        return units
+
+    @staticmethod
+    def _unit(name: str, tensors: list[nn.Parameter], per_channel: bool) -> _Unit:
+        rows = tensors[0].shape[0] if per_channel and tensors[0].dim() >= 1 else 1
+        if per_channel and any(t.dim() < 1 or t.shape[0] != rows for t in tensors):
+            raise ValueError(f"{name}: tensors of a per-channel unit must share their first dimension")
+        return _Unit(name, list(tensors), per_channel and rows > 1, max(rows, 1) if per_channel else 1)
+
+    def _map_groups(self) -> dict[int, int]:
+        group_of = {id(p): gi for gi, g in enumerate(self.optimizer.param_groups) for p in g["params"]}
+        for u in self.units:
+            for t in u.tensors:
+                if id(t) not in group_of:
+                    raise ValueError(f"{u.name}: parameter is not in the optimizer's param groups")
+        return group_of
+
+    # ------------------------------------------------------------------ hooks
+
+    def _recording(self, step: int) -> bool:
+        every = self.every
+        return every(step) if callable(every) else step % every == 0
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            self._watch_lr()
+            if self._recording(self.step):
+                self._measure_before()
+        except Exception as exc:  # never break the user's training step
+            self._current = None
+            self._warn_once("pre", f"smdyn monitor skipped step {self.step}: {exc!r}")
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        try:
+            if self._current is not None:
+                self._measure_after()
+        except Exception as exc:
+            self._warn_once("post", f"smdyn monitor skipped step {self.step}: {exc!r}")
+        finally:
+            self._current = None
+            self._snap = None
+            self.step += 1
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+
+    def _watch_lr(self) -> None:
+        """Log every change of a group's learning rate with the Corollary 3.1 lag estimate."""
+        for gi, group in enumerate(self.optimizer.param_groups):
+            lr = float(group["lr"])
+            prev, ref = self._last_lr[gi], self._event_lr[gi]
+            self._last_lr[gi] = lr
+            if math.isnan(prev) or lr == prev:
+                if math.isnan(ref):
+                    self._event_lr[gi] = lr
+                continue
+            # Continuous schedules change lr every step: an event is a 5% move since the last event.
+            if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < 0.05:
+                continue
+            self._event_lr[gi] = lr
+            k = ref / lr
+            wd, mom = float(group.get("weight_decay", 0.0)), float(group.get("momentum", 0.0))
+            rule = _rule_for(self.optimizer, group)
+            lag = math.nan
+            if rule.kind == "sgd" and rule.theory and wd > 0 and 0 <= mom < 1:
+                lag = float(theory.steps_to_new_equilibrium(k, lr, wd, mom))
+            event = {"step": self.step, "group": gi, "lr_before": ref, "lr_after": lr, "steps_to_new": lag}
+            self.events.append(event)
+            _log.info(
+                "smdyn: step %d group %d lr %.4g -> %.4g (÷%.3g); Corollary 3.1: ~%s steps to the new "
+                "equilibrium",
+                self.step,
+                gi,
+                ref,
+                lr,
+                k,
+                "?" if math.isnan(lag) else f"{lag:.0f}",
+            )
+
+    def _measure_before(self) -> None:
+        """Gram entries of (w, g, v) per tensor on its device; coefficients of the update on the host."""
+        groups = self.optimizer.param_groups
+        state = self.optimizer.state
+        raws: list[torch.Tensor] = []
+        meta: list[tuple] = []
+        snap: list[list[torch.Tensor | None]] = []
+        need_snap = False
+        for u in self.units:
+            gi = self._group_of[id(u.tensors[0])]
+            group = groups[gi]
+            rule = _rule_for(self.optimizer, group)
+            lr = float(group["lr"])
+            wd = float(group.get("weight_decay", 0.0))
+            mom = (
+                float(group.get("momentum", 0.0))
+                if rule.kind == "sgd"
+                else float(group.get("betas", (0.0,))[0])
+            )
+            coeffs = []
+            usnap: list[torch.Tensor | None] = []
+            for t in u.tensors:
+                g = t.grad
+                tg = groups[self._group_of[id(t)]]
+                if g is None:
+                    raws.append(_nan_raw(t, u.per_channel))
+                    coeffs.append(None)
+                    usnap.append(None)
+                    continue
+                w = t.detach()
+                v = state.get(t, {}).get("momentum_buffer") if rule.kind == "sgd" else None
+                raws.append(_gram(w, g, v, u.per_channel))
+                if rule.known_update:
+                    coeffs.append(_sgd_coefficients(tg, has_buffer=v is not None))
+                    usnap.append(None)
+                else:
+                    coeffs.append(None)
+                    usnap.append(w.clone())
+                    need_snap = True
+            snap.append(usnap)
+            meta.append((gi, lr, wd, mom, rule, coeffs, [x is None for x in (t.grad for t in u.tensors)]))
+        self._snap = snap if need_snap else None
+        self._current = (self.step, raws, meta)
+
+    def _measure_after(self) -> None:
+        step, raws, meta = self._current
+        if self._snap is not None:
+            i = 0
+            for u, usnap in zip(self.units, self._snap, strict=True):
+                for t, before in zip(u.tensors, usnap, strict=True):
+                    if before is not None:
+                        after = t.detach()
+                        sums = geometry.update_sums(after, before - after, per_channel=u.per_channel)
+                        raws[i][..., _I["bb"] :] = sums
+                    i += 1
+        self._pending.append((step, meta, raws))
+
+    # ------------------------------------------------------------------ host side
+
+    def flush(self) -> None:
+        """Move buffered records to the host, compute the metrics and theory, and write the sinks."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        devices: dict[torch.device, list[torch.Tensor]] = {}
+        for _, _, raws in pending:
+            for r in raws:
+                devices.setdefault(r.device, []).append(r.reshape(-1, _NRAW))
+        host = {d: torch.cat(rs).cpu().numpy() for d, rs in devices.items()}  # one transfer per device
+        offsets = dict.fromkeys(host, 0)
+        batches = []
+        for step, meta, raws in pending:
+            per_tensor = []
+            for r in raws:
+                n = r.numel() // _NRAW
+                o = offsets[r.device]
+                per_tensor.append(host[r.device][o : o + n])
+                offsets[r.device] = o + n
+            batches.append(self._rows(step, meta, per_tensor))
+        batch = {c: np.concatenate([b[c] for b in batches]) for c in COLUMNS}
+        if self.keep_history:
+            self._history.append(batch)
+        if not _is_rank_zero():
+            return
+        for sink in self.sinks:
+            try:
+                sink.write(batch)
+            except Exception as exc:  # a full disk must not stop training; the records stay in memory
+                self._warn_once(f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}")
+
+    def _rows(self, step: int, meta: list[tuple], raws: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """One recorded step: metrics for every row, then the windows and the theory, all vectorised."""
+        cols: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine")
+        }
+        hp, ell_src, star, norm_fns, relax, reasons = [], [], [], [], [], []
+        i = 0
+        for u, (_gi, lr, wd, mom, rule, coeffs, no_grad) in zip(self.units, meta, strict=True):
+            parts = raws[i : i + len(u.tensors)]
+            i += len(u.tensors)
+            m = _unit_metrics(parts, coeffs, rule, mom)
+            for k in cols:
+                cols[k].append(m[k])
+            hp.append(np.tile([lr, wd, mom], (u.rows, 1)))
+            ell_src.append(m["h_tilde"] if rule.kind == "sgd" and mom > 0 else m["unit_grad_sq"])
+            th = _theory(rule, lr, wd, mom, _numel(u) // u.rows)
+            star.append(np.full(u.rows, th.angular_update))
+            norm_fns.append((u.rows, th.weight_norm))
+            relax.append(np.full(u.rows, th.relaxation_steps))
+            reasons.extend(r or th.note for r in _reason(u, parts, m, no_grad))
+        c = {k: np.concatenate(v) for k, v in cols.items()}
+        hparams = np.concatenate(hp)
+        delta, ell = c["angular_update"], np.concatenate(ell_src)
+        w = self._win
+        changed = np.any(hparams != w["hparams"], axis=1)
+        if changed.any():
+            w["sq"][changed] = np.nan
+            w["ang"][changed] = np.nan
+            w["n"][changed] = 0
+            w["since"][changed] = 0
+            w["hparams"][changed] = hparams[changed]
+        rows = np.arange(len(delta))
+        for key, sq_key, x, count in (("ang", "sq", delta, "n"), ("ell", None, ell, "n_ell")):
+            ok = np.isfinite(x)
+            slot = w[count] % self.window
+            w[key][rows[ok], slot[ok]] = x[ok]
+            if sq_key:
+                w[sq_key][rows[ok], slot[ok]] = x[ok] ** 2
+            w[count] += ok
+        w["since"] += 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n = np.minimum(w["n"], self.window)
+            rms = np.sqrt(np.nansum(w["sq"], axis=1) / n)
+            mean = np.nansum(w["ang"], axis=1) / n
+            l_est = np.nansum(w["ell"], axis=1) / np.minimum(w["n_ell"], self.window)
+            star_a = np.concatenate(star)
+            norm_star, o = [], 0
+            for k, fn in norm_fns:
+                norm_star.append(fn(l_est[o : o + k]))
+                o += k
+            norm_star_a = np.concatenate(norm_star)
+            ratio = rms / star_a
+        why = np.asarray(reasons, dtype=object)
+        full = n >= self.window
+        fine = why == ""
+        late = w["since"] * _stride(self.every) > 3 * np.concatenate(relax)
+        collapsed = full & fine & (ratio < 1 - 2 * self.tol) & late
+        why[collapsed] = _COLLAPSE
+        eq = full & fine & ~collapsed & (np.abs(ratio - 1) <= self.tol)
+        wn = c["weight_norm"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            eff = hparams[:, 0] / wn**2
+        return {
+            "step": np.full(len(delta), step, dtype=np.int64),
+            "param": self._row_names,
+            "channel": self._row_channels,
+            "lr": hparams[:, 0],
+            "wd": hparams[:, 1],
+            "momentum": hparams[:, 2],
+            "weight_norm": wn,
+            "unit_grad_sq": c["unit_grad_sq"],
+            "h_tilde": c["h_tilde"],
+            "angular_update": delta,
+            "effective_lr": np.where(wn > 0, eff, np.nan),
+            "grad_cosine": c["grad_cosine"],
+            "angular_update_rms": rms,
+            "angular_update_mean": mean,
+            "l_estimate": l_est,
+            "theory_angular_update": star_a,
+            "theory_weight_norm": norm_star_a,
+            "in_equilibrium": eq,
+            "reason": why,
+        }
+
+    # ------------------------------------------------------------------ public
+
+    def history(self) -> dict[str, np.ndarray]:
+        """All records so far as a columnar dict of numpy arrays (flushes pending records first)."""
+        self.flush()
+        if not self._history:
+            return {c: np.empty(0, dtype=object if c in ("param", "reason") else float) for c in COLUMNS}
+        if len(self._history) > 1:
+            self._history = [{c: np.concatenate([b[c] for b in self._history]) for c in COLUMNS}]
+        return dict(self._history[0])
+
+    def to_pandas(self) -> Any:
+        """``history()`` as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.history())
+
+    def summary(self) -> list[dict[str, Any]]:
+        """The latest record of each monitored row: a compact view for tables and progress bars."""
+        h = self.history()
+        last: dict[tuple[str, int], int] = {}
+        for i, key in enumerate(zip(h["param"], h["channel"], strict=True)):
+            last[key] = i
+        return [{c: h[c][i] for c in COLUMNS} for i in last.values()]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, windows and lr tracking, so a resumed run continues where it stopped."""
+        return {
+            "step": self.step,
+            "units": [u.name for u in self.units],
+            "rows": [u.rows for u in self.units],
+            "last_lr": list(self._last_lr),
+            "event_lr": list(self._event_lr),
+            "events": [dict(e) for e in self.events],
+            "windows": {k: v.copy() for k, v in self._win.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the monitored parameters must be the same as when it was saved."""
+        names = [u.name for u in self.units]
+        if list(state["units"]) != names or list(state["rows"]) != [u.rows for u in self.units]:
+            raise ValueError(
+                f"monitor state is for parameters {list(state['units'])}, this monitor has {names}"
+            )
+        self.step = int(state["step"])
+        self._last_lr = [float(x) for x in state["last_lr"]]
+        self._event_lr = [float(x) for x in state["event_lr"]]
+        self.events = [dict(e) for e in state["events"]]
+        win = state["windows"]
+        if any(np.shape(win[k]) != v.shape for k, v in self._win.items()):
+            raise ValueError("monitor state was saved with another window size or granularity")
+        self._win = {k: np.array(win[k], dtype=v.dtype) for k, v in self._win.items()}
+
+    def close(self) -> None:
+        """Flush, remove the optimizer hooks and close the sinks. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for h in self._handles:
+            h.remove()
+        atexit.unregister(self._atexit)
+        try:
+            self.flush()
+        finally:
+            for sink in self.sinks:
+                sink.close()
+
+    def __enter__(self) -> SphericalMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _flush_at_exit(mon: SphericalMonitor) -> Callable[[], None]:
+    ref = weakref.ref(mon)
+
+    def flush() -> None:
+        m = ref()
+        if m is not None and not m._closed:
+            m.close()
+
+    return flush
+
+
+def _is_rank_zero() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _stride(every: int | Callable[[int], bool]) -> int:
+    return every if isinstance(every, int) else 1
+
+
+def _numel(u: _Unit) -> int:
+    return sum(t.numel() for t in u.tensors)
+
+
+def _nan_raw(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """A row for a tensor without a gradient: its norm is still known, everything else is NaN."""
+    raw = torch.full(
+        (t.shape[0] if per_channel else 1, _NRAW), math.nan, dtype=torch.float64, device=t.device
+    )
+    raw[:, _I["ww"]] = geometry.sq_norm(t.detach(), per_channel=per_channel)
+    return raw
+
+
+def _gram(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_channel: bool) -> torch.Tensor:
+    """[rows, 10] float64 on the device: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩, then 4 NaN update slots."""
+    dot, sq = geometry.dot, geometry.sq_norm
+    nan = torch.full_like(sq(w, per_channel=per_channel), math.nan)
+    if v is None:
+        zero = torch.zeros_like(nan)
+        cols = [
+            sq(w, per_channel=per_channel),
+            sq(g, per_channel=per_channel),
+            zero,
+            dot(w, g, per_channel=per_channel),
+            zero,
+            zero,
+        ]
+    else:
+        cols = [
+            sq(w, per_channel=per_channel),
+            sq(g, per_channel=per_channel),
+            sq(v, per_channel=per_channel),
+            dot(w, g, per_channel=per_channel),
+            dot(w, v, per_channel=per_channel),
+            dot(g, v, per_channel=per_channel),
+        ]
+    return torch.stack([*cols, nan, nan, nan, nan], dim=-1).reshape(-1, _NRAW)
+
+
+def _sgd_coefficients(group: Mapping[str, Any], *, has_buffer: bool) -> tuple[float, float, float]:
+    """(a, b, c) with the applied update d = w_t − w_{t+1} = a·w + b·g + c·v_{t−1} for torch.optim.SGD.
+
+    Mirrors ``torch.optim.SGD``: grad ← ±g + λw; buf ← grad (first step) or α·buf + (1−τ)·grad;
+    direction ← grad + α·buf (Nesterov) or buf; w ← w − η·direction. Eqs 10–11 are the case τ = 0.
+    """
+    lr = float(group["lr"])
+    wd = float(group.get("weight_decay", 0.0))
+    mom = float(group.get("momentum", 0.0))
+    damp = float(group.get("dampening", 0.0))
+    s = -1.0 if group.get("maximize", False) else 1.0
+    if mom == 0:
+        return lr * wd, lr * s, 0.0
+    k, c = (1.0 - damp, mom) if has_buffer else (1.0, 0.0)  # buf = k·(s·g + λw) + c·v
+    if group.get("nesterov", False):  # direction = (s·g + λw) + α·buf
+        k, c = 1.0 + mom * k, mom * c
+    return lr * k * wd, lr * k * s, lr * c
+
+
+def _theory(rule: _Rule, lr: float, wd: float, mom: float, numel: int) -> _Theory:
+    """Δ*, the map L -> w* and the relaxation time of a rule, or NaN with the reason there is none."""
+    if not rule.theory:
+        return _Theory(math.nan, _no_norm, math.inf, rule.note)
+    if not (lr > 0 and math.isfinite(lr)) or not 0 <= mom < 1:
+        return _Theory(math.nan, _no_norm, math.inf, f"lr={lr:g}, momentum={mom:g}: outside the theory")
+    if wd <= 0:
+        return _Theory(0.0, _no_norm, math.inf, "weight decay is 0: no equilibrium (the norm grows forever)")
+    if rule.kind == "adamw":
+        norm = float(theory.adamw_weight_norm(lr, wd, numel, mom))
+        delta = float(theory.adamw_angular_update(lr, wd, mom))
+        return _Theory(delta, lambda ell: np.full(np.shape(ell), norm), 1 / (2 * lr * wd), "")
+
+    def norm_of(ell: np.ndarray) -> np.ndarray:
+        ell = np.asarray(ell, dtype=float)
+        out = np.full(ell.shape, np.nan)
+        ok = np.isfinite(ell) & (ell > 0)
+        if ok.any():
+            out[ok] = theory.weight_norm(ell[ok], lr, wd, mom)
+        return out
+
+    return _Theory(float(theory.angular_update(lr, wd, mom)), norm_of, (1 - mom) / (2 * lr * wd), "")
+
+
+def _unit_metrics(
+    parts: list[np.ndarray], coeffs: list[tuple | None], rule: _Rule, mom: float
+) -> dict[str, np.ndarray]:
+    """Per-row metrics of one unit from its tensors' raw reductions (float64 host math)."""
+    ww = sum(p[:, _I["ww"]] for p in parts)
+    gg = sum(p[:, _I["gg"]] for p in parts)
+    wg = sum(p[:, _I["wg"]] for p in parts)
+    gv = sum(p[:, _I["gv"]] for p in parts)
+    known = all(c is not None for c in coeffs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if known:
+            # d = a·w + e with e = b·g + c·v: the weight-decay term a·w is purely radial, so the tangential
+            # part comes from e alone and never suffers the cancellation of ‖d‖² − ⟨d,ŵ⟩² (DESIGN §2).
+            dw = ew = ee = dd = 0.0
+            for p, (a, b, c) in zip(parts, coeffs, strict=True):
+                pw, pg, pv = p[:, _I["ww"]], p[:, _I["gg"]], p[:, _I["vv"]]
+                pwg, pwv, pgv = p[:, _I["wg"]], p[:, _I["wv"]], p[:, _I["gv"]]
+                ew_i = b * pwg + c * pwv
+                ee_i = b * b * pg + c * c * pv + 2 * b * c * pgv
+                ew, ee = ew + ew_i, ee + ee_i
+                dw = dw + a * pw + ew_i
+                dd = dd + a * a * pw + 2 * a * ew_i + ee_i
+            same_a = len({c[0] for c in coeffs}) == 1
+            perp = ee - ew**2 / ww if same_a else dd - dw**2 / ww
+            norm = np.sqrt(ww)
+            delta = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), norm - dw / norm)
+        else:
+            bb = sum(p[:, _I["bb"]] for p in parts)
+            db = sum(p[:, _I["db"]] for p in parts)
+            dd = sum(p[:, _I["dd"]] for p in parts)
+            perp = parts[0][:, _I["dperp"]] if len(parts) == 1 else dd - db**2 / bb
+            nb = np.sqrt(bb)
+            delta = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), nb + db / nb)
+        h = (gg + 2 * mom * gv) * ww if rule.kind == "sgd" else np.full_like(ww, np.nan)
+        cos = wg / np.sqrt(ww * gg)
+    return {
+        "weight_norm": np.sqrt(ww),
+        "unit_grad_sq": gg * ww,
+        "h_tilde": h,
+        "angular_update": np.where(ww > 0, delta, np.nan),
+        "grad_cosine": cos,
+    }
+
+
+def _reason(u: _Unit, parts: list[np.ndarray], m: dict[str, np.ndarray], no_grad: list[bool]) -> list[str]:
+    """Why a row's numbers are NaN or untrustworthy ('' when they are fine)."""
+    ww = sum(p[:, _I["ww"]] for p in parts)
+    finite_g = np.all([np.isfinite(p[:, _I["gg"]]) for p in parts], axis=0)
+    out = []
+    for row in range(u.rows):
+        if not all(t.requires_grad for t in u.tensors):
+            out.append("frozen parameter (requires_grad=False)")
+        elif any(no_grad):
+            out.append("no gradient this step (p.grad is None)")
+        elif not np.isfinite(ww[row]):
+            out.append("non-finite weight")
+        elif ww[row] == 0:
+            out.append("zero-norm weight: direction undefined")
+        elif not finite_g[row] or not np.isfinite(m["angular_update"][row]):
+            out.append("non-finite gradient or update")
+        else:
+            out.append("")
+    return out

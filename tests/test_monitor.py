@@ -1,0 +1,328 @@
+"""SphericalMonitor against a brute-force float64 recomputation from saved weights."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from smdyn import SphericalMonitor, theory
+from smdyn.monitor import COLUMNS
+
+
+class _Net(nn.Module):
+    """conv -> BN -> relu -> linear(bias) -> LayerNorm -> head: per-channel, joint and plain cases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 6, 3, bias=False)
+        self.bn = nn.BatchNorm1d(6)
+        self.fc = nn.Linear(6 * 14, 12)
+        self.ln = nn.LayerNorm(12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x.unsqueeze(1))))
+        return self.head(torch.relu(self.ln(self.fc(h.flatten(1)))))
+
+
+_PARAMS = ["conv.weight", "fc.weight+fc.bias", "head.weight"]
+
+
+def _batches(n: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 16, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(n)]
+
+
+def _vec(model: nn.Module, name: str, grads: bool = False) -> np.ndarray:
+    named = dict(model.named_parameters())
+    parts = [
+        (named[n].grad if grads else named[n].detach()).double().flatten().numpy() for n in name.split("+")
+    ]
+    return np.concatenate(parts)
+
+
+def _angle64(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    return 2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b))
+
+
+def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
+    groups = [
+        {"params": [model.conv.weight], "lr": 0.2, "weight_decay": 1e-3},
+        {"params": [model.fc.weight, model.fc.bias], "lr": 0.05, "weight_decay": 5e-3},
+        {
+            "params": [
+                p for n, p in model.named_parameters() if n not in ("conv.weight", "fc.weight", "fc.bias")
+            ]
+        },
+    ]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=0.1, weight_decay=1e-4)
+    if kind == "sgdm":
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    if kind == "nesterov":
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.8, nesterov=True, weight_decay=1e-4)
+    if kind == "dampening":
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.7, dampening=0.3, weight_decay=1e-4)
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=1e-2, weight_decay=1e-2)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "sgdm", "nesterov", "dampening", "adamw"])
+def test_records_match_brute_force_float64(kind: str) -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    opt = _optimizer(kind, model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+    loss_fn = nn.CrossEntropyLoss()
+    mon = SphericalMonitor(model, opt, params=_PARAMS, flush_every=3)
+    expected: dict[tuple[int, str], dict[str, float]] = {}
+    for step, (x, y) in enumerate(_batches(10)):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        before = {n: _vec(model, n) for n in _PARAMS}
+        grads = {n: _vec(model, n, grads=True) for n in _PARAMS}
+        bufs = {
+            n: np.concatenate(
+                [
+                    opt.state[p]["momentum_buffer"].double().flatten().numpy()
+                    if "momentum_buffer" in opt.state.get(p, {})
+                    else np.zeros(p.numel())
+                    for p in (dict(model.named_parameters())[m] for m in n.split("+"))
+                ]
+            )
+            for n in _PARAMS
+        }
+        lrs = {n: opt.param_groups[i]["lr"] for i, n in enumerate(_PARAMS)}
+        opt.step()
+        sched.step()
+        for n in _PARAMS:
+            w, g, w1 = before[n], grads[n], _vec(model, n)
+            mom = opt.param_groups[_PARAMS.index(n)].get("momentum", 0.0)
+            expected[(step, n)] = {
+                "angular_update": _angle64(w, w1),
+                "weight_norm": float(np.linalg.norm(w)),
+                "unit_grad_sq": float(g @ g * (w @ w)),
+                "grad_cosine": float(w @ g / np.linalg.norm(w) / np.linalg.norm(g)),
+                "h_tilde": float((g @ g + 2 * mom * (bufs[n] @ g)) * (w @ w)),
+                "lr": lrs[n],
+            }
+    h = mon.history()
+    mon.close()
+    assert len(h["step"]) == 10 * len(_PARAMS)
+    for i in range(len(h["step"])):
+        exp = expected[(int(h["step"][i]), h["param"][i])]
+        assert h["lr"][i] == pytest.approx(exp["lr"], rel=1e-12)
+        for key in ("weight_norm", "unit_grad_sq", "grad_cosine"):
+            assert h[key][i] == pytest.approx(exp[key], rel=1e-4, abs=1e-7), key
+        assert h["angular_update"][i] == pytest.approx(exp["angular_update"], rel=1e-4), (kind, i)
+        if kind in ("sgd", "sgdm"):
+            assert h["h_tilde"][i] == pytest.approx(exp["h_tilde"], rel=1e-4, abs=1e-7)
+        else:
+            assert np.isnan(h["h_tilde"][i]) or kind in ("nesterov", "dampening")
+
+
+def test_theory_only_for_rules_that_have_one() -> None:
+    torch.manual_seed(0)
+    for kind, has_theory in (("sgdm", True), ("nesterov", False), ("adamw", True)):
+        model = _Net()
+        opt = _optimizer(kind, model)
+        with SphericalMonitor(model, opt, params=["conv.weight"]) as mon:
+            for x, y in _batches(2):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+        h = mon.history()
+        assert np.isfinite(h["theory_angular_update"]).all() == has_theory, kind
+        if kind == "sgdm":
+            assert h["theory_angular_update"][0] == pytest.approx(math.sqrt(2 * 0.2 * 1e-3 / 1.9), rel=1e-12)
+        if not has_theory:
+            assert all("Nesterov" in r for r in h["reason"])
+
+
+def test_per_channel_rows_match_brute_force() -> None:
+    torch.manual_seed(1)
+    model = _Net()
+    opt = _optimizer("sgdm", model)
+    mon = SphericalMonitor(model, opt, params=["conv.weight"], granularity="channel")
+    for x, y in _batches(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        w = model.conv.weight.detach().double().clone()
+        opt.step()
+    w1 = model.conv.weight.detach().double()
+    h = mon.history()
+    last = h["step"] == 2
+    assert list(h["channel"][last]) == list(range(6))
+    for c in range(6):
+        exp = _angle64(w[c].flatten().numpy(), w1[c].flatten().numpy())
+        assert h["angular_update"][last][c] == pytest.approx(exp, rel=1e-4)
+
+
+def test_bad_inputs_are_recorded_as_nan_with_a_reason_and_never_raise() -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    model.fc.bias.requires_grad_(False)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    mon = SphericalMonitor(model, opt, params=["conv.weight", "fc.weight", "fc.bias", "ln.weight"])
+    x, y = _batches(1)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the monitor must not even warn on these
+        # step 0: fine; step 1: NaN gradient on conv; step 2: zero weight on ln.weight, no grad on fc.weight
+        for step in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            if step == 1:
+                model.conv.weight.grad[0, 0, 0] = float("nan")
+            if step == 2:
+                with torch.no_grad():
+                    model.ln.weight.zero_()
+                model.ln.weight.grad.zero_()
+                model.fc.weight.grad = None
+            opt.step()
+            with torch.no_grad():  # keep training alive after the NaN
+                for p in model.parameters():
+                    p.nan_to_num_(0.0)
+    h = mon.history()
+    rows = {
+        (int(s), p): (a, r)
+        for s, p, a, r in zip(h["step"], h["param"], h["angular_update"], h["reason"], strict=True)
+    }
+    assert rows[(0, "conv.weight")][1] == ""
+    assert np.isfinite(rows[(0, "conv.weight")][0])
+    assert np.isnan(rows[(1, "conv.weight")][0]) and "non-finite" in rows[(1, "conv.weight")][1]
+    assert np.isnan(rows[(2, "ln.weight")][0]) and "zero-norm" in rows[(2, "ln.weight")][1]
+    assert np.isnan(rows[(2, "fc.weight")][0]) and "no gradient" in rows[(2, "fc.weight")][1]
+    assert "frozen" in rows[(0, "fc.bias")][1]
+    mon.close()
+
+
+def test_every_and_flush_and_state_dict_resume() -> None:
+    torch.manual_seed(0)
+    batches = _batches(12)
+
+    def run(split: bool) -> dict[str, np.ndarray]:
+        torch.manual_seed(0)
+        model = _Net()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        mon = SphericalMonitor(model, opt, params=_PARAMS, every=2, window=3, flush_every=2)
+        out = []
+        for i, (x, y) in enumerate(batches):
+            if split and i == 6:  # resume into a fresh monitor, as after a restart
+                state = mon.state_dict()
+                out.append(mon.history())
+                mon.close()
+                mon = SphericalMonitor(model, opt, params=_PARAMS, every=2, window=3, flush_every=2)
+                mon.load_state_dict(state)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        out.append(mon.history())
+        mon.close()
+        return {c: np.concatenate([o[c] for o in out]) for c in COLUMNS}
+
+    whole, resumed = run(False), run(True)
+    assert sorted(set(whole["step"].tolist())) == [0, 2, 4, 6, 8, 10]
+    for c in ("step", "angular_update_rms", "l_estimate", "theory_weight_norm"):
+        np.testing.assert_array_equal(whole[c], resumed[c])
+
+
+def test_window_statistics_and_theory_norm() -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+    mon = SphericalMonitor(model, opt, params=["conv.weight"], window=4)
+    for x, y in _batches(9):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    h = mon.history()
+    d, ht = h["angular_update"], h["h_tilde"]
+    assert h["angular_update_rms"][-1] == pytest.approx(math.sqrt(np.mean(d[-4:] ** 2)), rel=1e-12)
+    assert h["angular_update_mean"][-1] == pytest.approx(np.mean(d[-4:]), rel=1e-12)
+    assert h["l_estimate"][-1] == pytest.approx(np.mean(ht[-4:]), rel=1e-12)
+    w_star = (np.mean(ht[-4:]) * 0.1 / (1e-3 * 0.5 * (2 - 1e-4 / 1.5))) ** 0.25
+    assert h["theory_weight_norm"][-1] == pytest.approx(w_star, rel=1e-10)
+    assert h["angular_update_rms"][1] == pytest.approx(math.sqrt(np.mean(d[:2] ** 2)), rel=1e-12)
+
+
+def test_lr_changes_are_logged_with_corollary_lag() -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3], gamma=0.1)
+    with SphericalMonitor(model, opt, params=["conv.weight"]) as mon:
+        for x, y in _batches(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    (event,) = mon.events
+    assert event["step"] == 3
+    assert event["lr_after"] == pytest.approx(0.01)
+    assert event["steps_to_new"] == theory.steps_to_new_equilibrium(10, 0.01, 1e-3, 0.9)
+    h = mon.history()
+    assert np.isnan(h["angular_update_rms"]).sum() == 0
+    # the Δ window restarts at the drop
+    d = h["angular_update"]
+    assert h["angular_update_rms"][3] == pytest.approx(abs(d[3]), rel=1e-12)
+
+
+def test_hooks_removed_on_close_and_bad_arguments() -> None:
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = SphericalMonitor(model, opt, params=["conv.weight"])
+    mon.close()
+    x, y = _batches(1)[0]
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert mon.step == 0
+    with pytest.raises(ValueError, match="nope"):
+        SphericalMonitor(model, opt, params=["nope.weight"])
+    with pytest.raises(ValueError, match="every"):
+        SphericalMonitor(model, opt, params=["conv.weight"], every=0)
+    with pytest.raises(TypeError, match="optimizer"):
+        SphericalMonitor(model, "sgd", params=["conv.weight"])  # type: ignore[arg-type]
+    other = torch.optim.SGD([model.conv.weight], lr=0.1)
+    with pytest.raises(ValueError, match=r"fc\.weight"):
+        SphericalMonitor(model, other, params=["fc.weight"])
+
+
+def test_sink_receives_every_flushed_row(tmp_path) -> None:
+    from smdyn.sinks import CSVSink, read_metrics
+
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    mon = SphericalMonitor(model, opt, params=_PARAMS, sinks=[CSVSink(tmp_path / "m.csv")], flush_every=2)
+    for x, y in _batches(5):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert len(read_metrics(tmp_path / "m.csv")["step"]) == 4 * len(_PARAMS)  # two flushes so far
+    mon.close()
+    back = read_metrics(tmp_path / "m.csv")
+    h = mon.history()
+    np.testing.assert_array_equal(back["angular_update"], h["angular_update"])
+    assert list(back["param"]) == list(h["param"])
+
+
+def test_grad_scaler_skipped_step_is_not_a_step() -> None:
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with SphericalMonitor(model, opt, params=["conv.weight"]) as mon:
+        for i, (x, y) in enumerate(_batches(3)):
+            opt.zero_grad()
+            scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+            if i == 1:
+                model.conv.weight.grad[0, 0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+    assert mon.step == 2
+    assert np.isfinite(mon.history()["angular_update"]).all()
