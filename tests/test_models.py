@@ -247,6 +247,28 @@ def test_conv_output_has_no_other_consumer(factory: Callable[[], nn.Module]) -> 
     assert n_conv > 0
 
 
+def test_mlp_layernorm_reads_each_linear_output() -> None:
+    # Linear → LayerNorm → ReLU: the norm must see the raw affine output (hooks, as for conv → BN).
+    model = mlp_layernorm(6, hidden=5, depth=3)
+    seen: dict[str, torch.Tensor] = {}
+    handles = [
+        m.register_forward_hook(lambda _m, _i, out, n=n: seen.__setitem__(n + ".out", out))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear)
+    ]
+    handles += [
+        m.register_forward_pre_hook(lambda _m, inp, n=n: seen.__setitem__(n + ".in", inp[0]))
+        for n, m in model.named_modules()
+        if isinstance(m, nn.LayerNorm)
+    ]
+    model(torch.randn(4, 6))
+    for h in handles:
+        h.remove()
+    for i in range(3):
+        assert seen[f"blocks.{i}.norm.in"] is seen[f"blocks.{i}.linear.out"]
+    assert "fc.out" in seen
+
+
 # ----------------------------------------------------------------------------- scale invariance, backward
 
 
@@ -262,11 +284,11 @@ def _invariant_groups(model: nn.Module) -> list[list[nn.Parameter]]:
 
 
 def _exact_norms(model: nn.Module) -> nn.Module:
-    """float64 with eps = 0, so scale invariance is exact up to rounding instead of up to eps/var ≈ 1e-5."""
+    """float64 with eps ≈ 0 (torch refuses 0), so invariance holds to rounding, not to eps/var ≈ 1e-5."""
     model = model.double()
     for m in model.modules():
         if isinstance(m, (*_BN, nn.LayerNorm)):
-            m.eps = 0.0
+            m.eps = 1e-30
     return model
 
 

@@ -536,7 +536,11 @@ class SphericalMonitor:
         return [{c: h[c][i] for c in COLUMNS} for i in last.values()]
 
     def state_dict(self) -> dict[str, Any]:
-        """Step count, windows and lr tracking, so a resumed run continues where it stopped."""
+        """Step count, windows and lr tracking, so a resumed run continues where it stopped.
+
+        Flushes first: the windows are advanced on the host, so pending records must be folded in.
+        """
+        self.flush()
         return {
             "step": self.step,
             "units": [u.name for u in self.units],

@@ -50,11 +50,9 @@ FloatOrArray = float | NDArray[np.float64]
 
 def _as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
     """Convert ``value`` to a finite float64 array, or raise naming ``name``."""
-    if isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a real number or an array of real numbers, got {value!r}")
     try:
         raw = np.asarray(value)
-    except Exception as exc:  # pragma: no cover - numpy raises many types for odd objects
+    except ValueError as exc:  # ragged nested sequences
         raise TypeError(f"{name} must be a real number or an array of real numbers, got {value!r}") from exc
     if raw.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real number or an array of real numbers, got {value!r}")
@@ -118,7 +116,11 @@ def _numel(numel: ArrayLike) -> NDArray[np.float64]:
 
 
 def _is_scalar(*values: ArrayLike) -> bool:
-    return all(np.ndim(v) == 0 for v in values)
+    """Whether every input is a scalar; a malformed one counts as not (its check then names it)."""
+    try:
+        return all(np.ndim(v) == 0 for v in values)
+    except ValueError:  # ragged nested sequences
+        return False
 
 
 def _out(result: NDArray[np.float64], scalar: bool) -> FloatOrArray:
@@ -131,7 +133,7 @@ def _out(result: NDArray[np.float64], scalar: bool) -> FloatOrArray:
 def _check_fixed_point_exists(
     lr: NDArray[np.float64], wd: NDArray[np.float64], a: NDArray[np.float64]
 ) -> None:
-    """The exact fixed point needs 2 − λη/(1+α) > 0 (Thm 2); past it the decay overshoots zero."""
+    """Thm 2's fixed point needs 2 − λη/(1+α) > 0; past it there is no positive fixed point."""
     _require(
         lr * wd < 2.0 * (1.0 + a), "lr * wd", lr * wd, "< 2 * (1 + momentum) for an equilibrium to exist"
     )
@@ -223,10 +225,10 @@ def approach_factor(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> 
     """Per-step factor of the paper's BOUND on E[‖w_t‖² − w*²]²: 1 − 2λη (Eq 8), 1 − 2λη/(1−α) (Eq 12).
 
     This is a bound, not a rate. The squared error really shrinks by about :func:`contraction_factor`²
-    per step, ≈ 1 − 8λη/(1−α) for small λη: about 4× faster than this factor says. At α = 0.9 and
-    λη ≳ 5e-4 the real rate saturates at α per step (momentum oscillation), and outside Thm 2's
-    assumption 5 (λη < (1−√α)²) this factor can even claim a faster approach than really happens. Plan
-    with the recurrence; quote this for the paper's statement.
+    per step, ≈ 1 − 8λη/(1−α) for small λη: about 4× faster than this factor says. Past
+    λη ≈ (1−√α)²/4 (6.6e-4 at α = 0.9) the real factor saturates at α per step (the momentum mode
+    oscillates), and near or outside Thm 2's assumption 5 (λη < (1−√α)²) this factor can even claim a
+    faster approach than really happens. Plan with the recurrence; quote this for the paper's statement.
 
     Args:
         lr: learning rate η (> 0).
@@ -262,7 +264,8 @@ def contraction_factor(
     scalars (‖w‖², ‖v‖², ⟨w, v⟩) with ⟨w, v'⟩ = α⟨w, v⟩ + λ‖w‖², ‖v'‖² = α²‖v‖² + L/‖w‖² + λ²‖w‖² + 2αλ⟨w, v⟩,
     ‖w'‖² = ‖w‖² − 2η⟨w, v'⟩ + η²‖v'‖², ⟨w', v'⟩ = ⟨w, v'⟩ − η‖v'‖². Its fixed point is Thm 2's w*; the
     value returned is the spectral radius of the map's Jacobian there. For small λη it is
-    ≈ 1 − 4λη/(1−α); once the slow and the momentum modes merge (α = 0.9: λη ≳ 5e-4) it is √α.
+    ≈ 1 − 4λη/(1−α); past λη ≈ (1−√α)²/4 (6.6e-4 at α = 0.9) the slow mode merges with the momentum
+    mode into an oscillating pair and it is √α.
 
     The map is homogeneous in L (state ∝ √L), so the result does not depend on L; ``L`` is accepted so
     that callers can pass the value they have.
@@ -356,22 +359,19 @@ def rescale_factor(k: ArrayLike) -> FloatOrArray:
 # --------------------------------------------------------------------------------------------------
 # AdamW and Lion (Kosson et al., ICML 2024, arXiv 2305.17212)
 
-_KOSSON = (
-    'Kosson, Messmer & Jaggi, "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural '
-    'Networks", ICML 2024, arXiv 2305.17212'
-)
-
 
 def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -> FloatOrArray:
     """Expected equilibrium angular update of AdamW: √(2ηλ(1−β₁)/(1+β₁)).
 
-    From Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural
-    Networks" (ICML 2024, arXiv 2305.17212), the table of equilibrium values (Table 1), derived in their
-    random-walk model: the gradient is zero-mean noise independent of the weight (the "balanced" regime,
-    where it is orthogonal to w in expectation), each element's second-moment estimate √v̂ equals that
-    element's gradient RMS, and λη ≪ 1. Decay is AdamW's decoupled w ← w − ηλw (``torch.optim.AdamW``'s
-    ``weight_decay``), not an L2 term in the gradient. β₂ and ε do not appear: β₂ only sets how well √v̂
-    tracks the RMS, and ε is assumed negligible next to it. Same value as the authors' reference code.
+    Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
+    (ICML 2024, arXiv 2305.17212), equilibrium values of Table 1 (the same expression as the authors'
+    code, github.com/epfml/req). Derived in their random-walk model: in equilibrium the gradient acts as
+    zero-mean noise independent of the weight (so orthogonal to it in expectation, as for a
+    scale-invariant weight), each element's √v̂ equals that element's gradient RMS, and λη ≪ 1 − β₁
+    (the decay during the first moment's memory is neglected: at λη = 2e-3, β₁ = 0.9 the norm comes out
+    ~1% lower). Decay is AdamW's decoupled w ← w − ηλw (``torch.optim.AdamW``'s ``weight_decay``), not
+    an L2 term in the gradient. β₂ and ε do not appear: β₂ only sets how well √v̂ tracks the RMS, and ε
+    is assumed negligible next to it.
 
     Args:
         lr: learning rate η (> 0).
@@ -386,7 +386,7 @@ def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -
     return _out(np.sqrt(2.0 * eta * lam * (1.0 - b1) / (1.0 + b1)), scalar)
 
 
-def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike) -> FloatOrArray:
+def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: ArrayLike = 0.9) -> FloatOrArray:
     """Expected equilibrium norm of a weight trained by AdamW: √(ηC/(2λ)), C = number of elements.
 
     Kosson et al. (ICML 2024, arXiv 2305.17212, Table 1), same random-walk assumptions as
@@ -399,12 +399,15 @@ def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike) -> FloatOr
         lr: learning rate η (> 0).
         wd: decoupled weight decay λ (>= 0).
         numel: C, a whole number >= 1.
+        beta1: β₁ in [0, 1); checked but, as above, it does not change the value. Accepted so that a
+            caller can pass AdamW's settings as they are.
 
     Returns:
         The equilibrium norm; ``inf`` where ``wd == 0``.
     """
-    scalar = _is_scalar(lr, wd, numel)
+    scalar = _is_scalar(lr, wd, numel, beta1)
     eta, lam, c = _lr(lr), _wd(wd), _numel(numel)
+    lam = np.broadcast_arrays(lam, _beta(beta1, "beta1"))[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.sqrt(eta * c / (2.0 * np.where(lam > 0, lam, 1.0)))
     return _out(np.where(lam > 0, w, np.inf), scalar)
@@ -421,12 +424,15 @@ def lion_angular_update(
     """Expected equilibrium angular update of Lion: √(πηλ((1−β₁)² + β₁²(1−β₂)/(1+β₂))).
 
     Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212, Table 1). Update rule as in
-    Lion (Chen et al., arXiv 2302.06675): c_t = β₁m_{t-1} + (1−β₁)g_t, w ← w − η(sign(c_t) + λw),
-    m_t = β₂m_{t-1} + (1−β₂)g_t. Random-walk assumptions: zero-mean Gaussian gradient noise independent of
-    the weight, sign(c) replaced by its linear part √(2/π)·c/std(c), λη ≪ 1. The sign's non-linear
-    remainder is neglected; it adds about (1 − 2/π)·K/(2/π) of the linear part's growth of ‖w‖² per
-    step (≈1% at the default betas), so the measured angle is slightly smaller.
+    (ICML 2024, arXiv 2305.17212), equilibrium values of Table 1 (the same expression as the authors'
+    code, github.com/epfml/req). Update rule of Lion (Chen et al., arXiv 2302.06675):
+    c_t = β₁m_{t-1} + (1−β₁)g_t, w ← w − η(sign(c_t) + λw), m_t = β₂m_{t-1} + (1−β₂)g_t. Random-walk
+    assumptions: zero-mean Gaussian gradient noise independent of the weight, sign(c) replaced by its
+    linear part √(2/π)·c/std(c), and λη ≪ 1 − β₂ (at the default betas and λη = 1e-3 the norm is already
+    ~4% lower than this predicts). The sign's non-linear remainder is neglected: it adds a fraction
+    (π/2 − 1)·K of the modelled growth of ‖w‖² per step, ≈1% at the default betas, but at β₁ = 0
+    (signSGD, K = 1) it makes the true norm √(π/2) ≈ 1.25× the value of :func:`lion_weight_norm`. Use
+    these forms with β₁ near 1.
 
     Args:
         lr: learning rate η (> 0).
