@@ -10,22 +10,33 @@ What it measures:
    a mostly radial one (w_t = ½‖w_{t+1}‖ · unit vector at angle Δ, the step is then mostly along w_{t+1}).
    A tangential step turns w by less than π/2, so that column has no π − 1e-3 entry.
 2. Time per step for an 11M-element float32 weight: ``update_sums`` + ``angle_from_sums`` against the
-   naive snapshot-and-arccos (clone w_t before the step, arccos of float32 dots after it), best of 7.
+   naive snapshot-and-arccos (clone w_t before the step, arccos of float32 dots after it; also with a
+   snapshot buffer kept between steps, and in float64) and against ``angle``; best of 7.
 
-Hardware: AMD EPYC CPU, 1 thread (torch.set_num_threads(1)), shared with other work; torch 2.13.0 (CPU).
-Runtime: ~15 s. Run: ``.venv/bin/python benchmarks/angle_accuracy.py``.
+Hardware: AMD EPYC CPU (AVX-512, MKL), 1 thread (torch.set_num_threads(1)) on a machine shared with other
+work, so timings vary by ±30 %; torch 2.13.0 (CPU), numpy 2.4. Runtime: ~6 s. One seed.
+Run: ``.venv/bin/python benchmarks/angle_accuracy.py``.
 
-Result (this machine, one seed; rel. error, '0!' = returned exactly 0):
+Result on that machine (relative error; '0!' = returned exactly 0):
 
-    Δ (rad)     f32 arccos  f32 atan2  f64 arccos  angle    fast tang.  fast radial
-    1e-07       0!          3.0e-01    6.4e-02     3.6e-12  1.8e-08     3.0e-08
-    1e-04       0!          2.6e-04    1.9e-08     2.1e-12  6.9e-09     1.1e-07
-    1e-03       2.3e-02     3.2e-05    1.0e-10     3.3e-13  5.0e-08     6.2e-08
-    1e+00       4.5e-08     3.0e-08    1.8e-16     2.2e-16  2.1e-08     2.3e-09
-    π − 1e-3    2.1e-05     1.5e-07    3.6e-16     3.6e-16  —           1.6e-09
-    (full table printed by the script)
+    Δ (rad)   f32 arccos  f32 atan2  f64 arccos  angle    fast tang.  fast radial
+    1e-07     0!          1.5e+00    3.1e+00     3.6e-13  2.5e-08     7.5e-09
+    1e-06     0!          2.3e+00    1.0e-01     1.1e-13  2.8e-08     3.3e-07
+    1e-05     0!          2.8e-02    9.7e-04     8.5e-16  3.7e-09     2.1e-06
+    1e-04     0!          1.0e-04    1.1e-05     9.5e-16  8.1e-09     7.8e-07
+    1e-03     0!          2.5e-06    1.0e-07     4.3e-16  1.9e-08     1.1e-08
+    1e-02     1.7e-01     2.1e-07    1.0e-09     5.2e-16  3.5e-08     2.2e-08
+    1e-01     1.9e-03     2.7e-06    1.1e-11     4.2e-16  1.4e-08     1.3e-08
+    1e+00     1.3e-05     2.1e-06    7.0e-14     2.2e-16  1.0e-08     1.6e-08
+    π − 1e-3  3.2e-04     2.5e-08    3.2e-11     0.0e+00  —           2.2e-12
 
-    11M float32 elements: update_sums 8 ms, clone + arccos 25 ms (3x); angle() 100 ms.
+    The fast radial errors above 1e-6 are at the float32 resolution of the step (worst absolute error
+    0.08·ε‖d‖/‖w_t‖): there one rounding of d already moves Δ that much.
+
+    11M float32 elements, per step: update_sums + angle_from_sums 9.4-11.3 ms; clone + float32 arccos
+    25-29 ms (2.4-3.0x slower, the fresh 44 MB allocation dominates); copying into a kept snapshot
+    buffer + float32 arccos 10-15 ms (1.0-1.5x, but wrong below Δ ≈ 1e-2 and 44 MB more memory);
+    clone + float64 arccos 150-240 ms (15-21x); angle() 87-140 ms (8-15x).
 """
 
 from __future__ import annotations

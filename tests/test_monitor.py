@@ -326,3 +326,38 @@ def test_grad_scaler_skipped_step_is_not_a_step() -> None:
             scaler.update()
     assert mon.step == 2
     assert np.isfinite(mon.history()["angular_update"]).all()
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so detection must use a real forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 4, 3, bias=False)
+        self.bn = nn.BatchNorm1d(4)
+        self.head = nn.Linear(4 * 14, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(1)
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def test_auto_detection_from_the_first_forward_pass_when_fx_fails() -> None:
+    torch.manual_seed(0)
+    model = _Untraceable()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    reference = _Untraceable()
+    reference.load_state_dict(model.state_dict())
+    ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    with SphericalMonitor(model, opt) as mon:
+        for x, y in _batches(3):
+            for m, o in ((model, opt), (reference, ref_opt)):
+                o.zero_grad()
+                nn.functional.cross_entropy(m(x), y).backward()
+                o.step()
+    assert [u.name for u in mon.units] == ["conv.weight"]
+    assert len(mon.history()["step"]) == 3
+    # detection ran its own forward passes but left training bit-identical to an unmonitored run
+    for (n, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), n

@@ -188,32 +188,21 @@ class SphericalMonitor:
         self.window = window
         self.tol = tol
         self.keep_history = keep_history
-        self.units = self._resolve(params, example_batch, loss_fn)
-        if not self.units:
-            raise ValueError(
-                "no parameters to monitor: params='auto' found no scale-invariant weight in the model "
-                "(no conv/linear feeding a normalization layer); pass params explicitly"
-            )
-        self._group_of = self._map_groups()
+        self.loss_fn = loss_fn
         self.step = 0  # optimizer steps seen (a step skipped by GradScaler never reaches the hooks)
         self.events: list[dict[str, Any]] = []
         self._last_lr: list[float] = [math.nan] * len(optimizer.param_groups)
         self._event_lr: list[float] = [math.nan] * len(optimizer.param_groups)
-        total = sum(u.rows for u in self.units)
-        self._row_names = np.asarray([u.name for u in self.units for _ in range(u.rows)], dtype=object)
-        self._row_channels = np.asarray(
-            [r if u.per_channel else -1 for u in self.units for r in range(u.rows)], dtype=np.int64
-        )
-        # Trailing windows per output row (ring buffers); they survive flushes and state_dict round trips.
-        self._win: dict[str, np.ndarray] = {
-            "sq": np.full((total, window), np.nan),  # Δ² since the last hyper-parameter change
-            "ang": np.full((total, window), np.nan),  # Δ since the last hyper-parameter change
-            "ell": np.full((total, window), np.nan),  # h̃ (SGDM) or ‖g̃‖² (SGD, other rules): L samples
-            "n": np.zeros(total, dtype=np.int64),
-            "n_ell": np.zeros(total, dtype=np.int64),
-            "since": np.zeros(total, dtype=np.int64),  # recorded steps since the last change
-            "hparams": np.full((total, 3), np.nan),  # (lr, wd, momentum) the window was recorded under
-        }
+        self._first_batch: Any = None
+        self._capture: Any = None
+        self.units: list[_Unit] = []
+        self._win: dict[str, np.ndarray] = {}
+        units = self._resolve(params, example_batch, loss_fn)
+        if units is None:
+            # fx could not trace the model: read the data flow from the first real forward pass instead.
+            self._capture = model.register_forward_pre_hook(self._capture_batch, with_kwargs=True)
+        else:
+            self._set_units(units)
         self._pending: list[tuple[int, list[tuple], list[torch.Tensor]]] = []
         self._snap: list[list[torch.Tensor | None]] | None = None
         self._current: tuple[int, list[torch.Tensor], list[tuple]] | None = None
@@ -230,7 +219,51 @@ class SphericalMonitor:
 
     # ------------------------------------------------------------------ set-up
 
-    def _resolve(self, params: Any, example_batch: Any, loss_fn: Any) -> list[_Unit]:
+    def _set_units(self, units: list[_Unit]) -> None:
+        if not units:
+            raise ValueError(
+                "no parameters to monitor: params='auto' found no scale-invariant weight in the model "
+                "(no conv/linear feeding a normalization layer); pass params explicitly"
+            )
+        self.units = units
+        self._group_of = self._map_groups()
+        total = sum(u.rows for u in units)
+        self._row_names = np.asarray([u.name for u in units for _ in range(u.rows)], dtype=object)
+        self._row_channels = np.asarray(
+            [r if u.per_channel else -1 for u in units for r in range(u.rows)], dtype=np.int64
+        )
+        # Trailing windows per output row (ring buffers); they survive flushes and state_dict round trips.
+        w = self.window
+        self._win = {
+            "sq": np.full((total, w), np.nan),  # Δ² since the last hyper-parameter change
+            "ang": np.full((total, w), np.nan),  # Δ since the last hyper-parameter change
+            "ell": np.full((total, w), np.nan),  # h̃ (SGDM) or ‖g̃‖² (SGD, other rules): L samples
+            "n": np.zeros(total, dtype=np.int64),
+            "n_ell": np.zeros(total, dtype=np.int64),
+            "since": np.zeros(total, dtype=np.int64),  # recorded steps since the last change
+            "hparams": np.full((total, 3), np.nan),  # (lr, wd, momentum) the window was recorded under
+        }
+
+    def _capture_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._first_batch is None and args and not kwargs:
+            self._first_batch = args[0] if len(args) == 1 else args
+
+    def _resolve_late(self) -> None:
+        """Find the scale-invariant weights from the first forward pass (models fx cannot trace)."""
+        self._capture.remove()
+        self._capture = None
+        from smdyn.invariance import find_scale_invariant
+
+        batch, self._first_batch = self._first_batch, None
+        found = [] if batch is None else find_scale_invariant(self.model, batch, self.loss_fn)
+        named = dict(self.model.named_parameters())
+        chan = self.granularity == "channel"
+        self._set_units(
+            [self._unit(f.name, [named[n] for n in f.params], chan and f.per_channel) for f in found]
+        )
+
+    def _resolve(self, params: Any, example_batch: Any, loss_fn: Any) -> list[_Unit] | None:
+        """The monitored units, or None when they can only be found from the first forward pass."""
         named = dict(self.model.named_parameters())
         by_id = {id(p): n for n, p in named.items()}
         chan = self.granularity == "channel"
@@ -239,7 +272,14 @@ class SphericalMonitor:
                 raise ValueError(f"params must be 'auto', (name, parameter) pairs or names, got {params!r}")
             from smdyn.invariance import find_scale_invariant
 
-            found = find_scale_invariant(self.model, example_batch, loss_fn)
+            if example_batch is None:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    found = find_scale_invariant(self.model)
+                if not found and any("cannot trace" in str(w.message) for w in caught):
+                    return None
+            else:
+                found = find_scale_invariant(self.model, example_batch, loss_fn)
             return [self._unit(f.name, [named[n] for n in f.params], chan and f.per_channel) for f in found]
         units = []
         for item in params:
@@ -280,6 +320,13 @@ class SphericalMonitor:
         return every(step) if callable(every) else step % every == 0
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if self._capture is not None:
+            try:
+                self._resolve_late()
+            except Exception as exc:  # never break the user's training step
+                self._warn_once("auto", f"smdyn monitor found nothing to monitor and is idle: {exc}")
+                self.close()
+                return
         try:
             self._watch_lr()
             if self._recording(self.step):
@@ -574,6 +621,8 @@ class SphericalMonitor:
         self._closed = True
         for h in self._handles:
             h.remove()
+        if self._capture is not None:
+            self._capture.remove()
         atexit.unregister(self._atexit)
         try:
             self.flush()
