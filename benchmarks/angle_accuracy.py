@@ -36,7 +36,7 @@ Result on that machine (relative error; '0!' = returned exactly 0):
     11M float32 elements, per step: update_sums + angle_from_sums 9.4-11.3 ms; clone + float32 arccos
     25-29 ms (2.4-3.0x slower, the fresh 44 MB allocation dominates); copying into a kept snapshot
     buffer + float32 arccos 10-15 ms (1.0-1.5x, but wrong below Δ ≈ 1e-2 and 44 MB more memory);
-    clone + float64 arccos 150-240 ms (15-21x); angle() 87-140 ms (8-15x).
+    clone + float64 arccos 110-240 ms (12-21x); angle() 70-140 ms (7-15x).
 """
 
 from __future__ import annotations

@@ -95,7 +95,9 @@ def bench(name: str, steps: int, rounds: int, device: str, batch: int) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", nargs="+", default=["resnet20", "resnet18"])
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
@@ -104,13 +106,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, "
+        f"threads {torch.get_num_threads()}, batch {args.batch}"
+    )
     for name in args.model:
         med = bench(name, args.steps, args.rounds, args.device, args.batch)
         base = med["bare"]
-        print(f"\n{name}: bare {base * 1e3:.1f} ms/step (median of {args.rounds} rounds × {args.steps} steps)")
+        print(
+            f"\n{name}: bare {base * 1e3:.1f} ms/step (median of {args.rounds} rounds × {args.steps} steps)"
+        )
         for variant, t in med.items():
-            print(f"  {variant:<9} {t * 1e3:9.1f} ms/step   ratio {t / base:.4f}   overhead {100 * (t / base - 1):+.2f}%")
+            print(
+                f"  {variant:<9} {t * 1e3:9.1f} ms/step   ratio {t / base:.4f}   "
+                f"overhead {100 * (t / base - 1):+.2f}%"
+            )
 
 
 if __name__ == "__main__":

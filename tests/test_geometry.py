@@ -70,7 +70,7 @@ def _orthonormal(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pair(n: int, theta: float, ratio: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 vectors at (nominally) angle theta with ‖b‖ = ratio·‖a‖; the reference uses the rounded ones."""
+    """float32 vectors at nominal angle theta, ‖b‖ = ratio·‖a‖; references use the rounded vectors."""
     u, v = _orthonormal(n, seed)
     a = 2.0 * u
     b = 2.0 * ratio * (math.cos(theta) * u + math.sin(theta) * v)
@@ -171,7 +171,7 @@ def test_angle_leaves_float64_input_unchanged() -> None:
 def test_angle_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="same shape"):
         angle(torch.ones(3), torch.ones(4))
-    with pytest.raises(TypeError, match="b must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"b must be a torch\.Tensor"):
         angle(torch.ones(3), [1.0, 2.0, 3.0])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="a must have a floating-point dtype"):
         angle(torch.ones(3, dtype=torch.int64), torch.ones(3))
@@ -354,7 +354,7 @@ def test_update_sums_half_precision(dtype: torch.dtype) -> None:
 def test_update_sums_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="after and update must have the same shape"):
         update_sums(torch.ones(3), torch.ones(3, 1))
-    with pytest.raises(TypeError, match="update must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"update must be a torch\.Tensor"):
         update_sums(torch.ones(3), np.ones(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="per_channel"):
         update_sums(torch.tensor(1.0), torch.tensor(1.0), per_channel=True)
@@ -380,7 +380,7 @@ def test_sums_formulas_on_hand_built_2d_steps() -> None:
 def test_sums_functions_reject_bad_input() -> None:
     with pytest.raises(ValueError, match=r"\[\.\.\., 4\]"):
         angle_from_sums(np.zeros((3, 5)))
-    with pytest.raises(TypeError, match="numpy array or a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"numpy array or a torch\.Tensor"):
         angle_from_sums([1.0, 0.0, 0.0, 0.0])  # type: ignore[type-var]
     with pytest.raises(TypeError, match="floating-point"):
         norm_before_sq_from_sums(np.zeros(4, dtype=np.int64))
@@ -427,7 +427,7 @@ def test_dot_per_channel_equals_loop_and_dtypes() -> None:
 def test_dot_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="same shape"):
         dot(torch.ones(3), torch.ones(2))
-    with pytest.raises(TypeError, match="a must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"a must be a torch\.Tensor"):
         sq_norm(np.ones(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="per_channel"):
         sq_norm(torch.tensor(3.0), per_channel=True)

@@ -15,8 +15,8 @@ from smdyn import invariance
 from smdyn.invariance import InvariantParam, find_scale_invariant
 
 
-def images(n: int = 8, c: int = 3, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(n, c, 6, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+def images(n: int = 8) -> torch.Tensor:
+    return torch.randn(n, 3, 6, 6, generator=torch.Generator().manual_seed(1))
 
 
 def vectors(n: int = 8, d: int = 6) -> torch.Tensor:
@@ -52,12 +52,8 @@ class Residual(nn.Module):
 
     def __init__(self, pre_add: bool) -> None:
         super().__init__()
-        self.conv, self.bn, self.head, self.pre_add = (
-            nn.Conv2d(3, 3, 3, padding=1),
-            nn.BatchNorm2d(3),
-            nn.Linear(3, 2),
-            pre_add,
-        )
+        self.conv, self.bn, self.head = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Linear(3, 2)
+        self.pre_add = pre_add
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.bn(self.conv(x) + x) if self.pre_add else self.bn(self.conv(x)) + x
@@ -69,12 +65,10 @@ class Shuffled(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.head, self.conv_b, self.bn, self.conv_a = (
-            nn.Linear(4, 2),
-            nn.Conv2d(4, 4, 1),
-            nn.BatchNorm2d(4),
-            nn.Conv2d(3, 4, 3),
-        )
+        self.head = nn.Linear(4, 2)
+        self.conv_b = nn.Conv2d(4, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv_a = nn.Conv2d(3, 4, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv_b(F.relu(self.bn(self.conv_a(x)))).mean((2, 3)))
@@ -95,13 +89,8 @@ class Twice(nn.Module):
 
     def __init__(self, leak: bool) -> None:
         super().__init__()
-        self.conv, self.bn1, self.bn2, self.head, self.leak = (
-            nn.Conv2d(3, 3, 3, padding=1),
-            nn.BatchNorm2d(3),
-            nn.BatchNorm2d(3),
-            nn.Linear(3, 2),
-            leak,
-        )
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.BatchNorm2d(3)
+        self.head, self.leak = nn.Linear(3, 2), leak
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(F.relu(self.bn1(self.conv(x))))
@@ -125,11 +114,8 @@ class Block(nn.Module):
 class ResNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem, self.bn, self.block = (
-            nn.Conv2d(3, 4, 3, padding=1, bias=False),
-            nn.BatchNorm2d(4),
-            Block(4, 8),
-        )
+        self.stem, self.bn = nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+        self.block = Block(4, 8)
         self.drop, self.fc = nn.Dropout(0.3), nn.Linear(8, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -462,6 +448,9 @@ def test_state_is_bit_identical_after_the_probe() -> None:
     )
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
     assert torch.equal(torch.get_rng_state(), rng) and model.training
+    fresh = ResNet()
+    assert find_scale_invariant(fresh, images())
+    assert all(p.grad is None for p in fresh.parameters())  # no gradient left behind
 
 
 def test_bad_arguments() -> None:
@@ -474,3 +463,5 @@ def test_bad_arguments() -> None:
         find_scale_invariant(ConvBN(), loss_fn=lambda out: out.sum())
     with pytest.raises(ValueError, match="loss_fn"):
         find_scale_invariant(ConvBN(), images(), lambda out: out)
+    with pytest.raises(ValueError, match="nan"):
+        find_scale_invariant(ConvBN(), images(), lambda out: out.sum() * float("nan"))

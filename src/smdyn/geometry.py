@@ -6,8 +6,8 @@ in equilibrium (Thm 3), where the cosine is 1 − Δ²/2 and float32 ``arccos`` 
 exactly 0 at Δ = 1e-4); even arccos of float64 dot products is off by 7 % to 300 % at Δ = 1e-7 (measured,
 see benchmarks/angle_accuracy.py). This module uses two forms that are exact to rounding instead:
 
-* :func:`angle` for any two tensors: Δ = 2·atan2(‖â − b̂‖, ‖â + b̂‖) (half the chord and half the
-  supplementary chord of the unit vectors), normalised and differenced in float64. Relative error ≤ 1e-9 for
+* :func:`angle` for any two tensors: Δ = 2·atan2(‖â − b̂‖, ‖â + b̂‖), as ‖â − b̂‖ = 2 sin(Δ/2) and
+  ‖â + b̂‖ = 2 cos(Δ/2), with the normalisation and the differences in float64. Relative error ≤ 1e-9 for
   any angle in [1e-7, π) and any ratio of norms (measured ≤ 4e-11).
 * :func:`update_sums` + :func:`angle_from_sums` for the monitor's hot path. With b = w_{t+1} and the applied
   step d = w_t − w_{t+1}, the component of w_t along b̂ is ‖b‖ + ⟨d, b̂⟩ and the rest is

@@ -128,7 +128,6 @@ def run_demo(steps: int = 6000, out: str | Path | None = None, seed: int = 0, th
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     mon = SphericalMonitor(model, opt, sinks=[CSVSink(run_dir / "metrics.csv")], window=cfg.window)
-    print(f"monitoring {len(mon.units)} scale-invariant weights: {', '.join(u.name for u in mon.units)}")
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     with mon:
@@ -138,6 +137,9 @@ def run_demo(steps: int = 6000, out: str | Path | None = None, seed: int = 0, th
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if step == 0:
+                names = ", ".join(u.name for u in mon.units)
+                print(f"monitoring {len(mon.units)} scale-invariant weights: {names}")
             if (step + 1) % max(cfg.steps // 10, 1) == 0 or step + 1 == cfg.steps:
                 elapsed = time.perf_counter() - t0
                 print(f"step {step + 1:>6}/{cfg.steps}  loss {loss.item():.3f}  {elapsed:6.1f} s")
