@@ -79,8 +79,9 @@ def bench(name: str, steps: int, rounds: int, device: str, batch: int) -> dict[s
     y = torch.randint(0, 10, (batch,), device=device)
     _time_steps(model, opt, x, y, 2, device)  # warm-up: momentum buffers, allocator, kernels
     times: dict[str, list[float]] = {"bare": [], "every=1": [], "every=10": [], "naive": []}
-    for _ in range(rounds):
-        for variant in times:
+    order = list(times)
+    for r in range(rounds):
+        for variant in order[r % 4 :] + order[: r % 4]:  # rotate: no variant always runs first
             mon = None
             if variant.startswith("every"):
                 every = int(variant.split("=")[1])
@@ -98,7 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", nargs="+", default=["resnet20", "resnet18"])
+    parser.add_argument("--model", nargs="+", default=["resnet20", "resnet18_cifar"])
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)

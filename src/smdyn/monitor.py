@@ -86,26 +86,6 @@ class _Rule:
     note: str = ""
 
 
-@dataclass(frozen=True)
-class _Theory:
-    """The equilibrium predictions for one unit under its group's current hyper-parameters."""
-
-    angular_update: float  # Δ*, NaN where no theory applies
-    weight_norm: Callable[[np.ndarray], np.ndarray]  # L estimate -> w*
-    relaxation_steps: float  # 1/(1 - approach factor): steps per e-fold of the theorems' bound
-    note: str  # why there is no theory ('' when there is)
-
-
-_COLLAPSE = (
-    "RMS Δ/Δ* far below 1 long after the last hyper-parameter change: the unit gradient is collapsing "
-    "(memorised data?), so the equilibrium theory does not apply"
-)
-
-
-def _no_norm(ell: np.ndarray) -> np.ndarray:
-    return np.full(np.shape(ell), np.nan)
-
-
 def _rule_for(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> _Rule:
     """Classify a param group's update rule (DESIGN §1: never apply the SGD theory to another rule)."""
     if type(optimizer) is torch.optim.SGD:
@@ -421,7 +401,7 @@ class SphericalMonitor:
                     usnap.append(w.clone())
                     need_snap = True
             snap.append(usnap)
-            meta.append((gi, lr, wd, mom, rule, coeffs, [x is None for x in (t.grad for t in u.tensors)]))
+            meta.append((lr, wd, mom, rule, coeffs, any(t.grad is None for t in u.tensors)))
         self._snap = snap if need_snap else None
         self._current = (self.step, raws, meta)
 
@@ -445,22 +425,9 @@ class SphericalMonitor:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        devices: dict[torch.device, list[torch.Tensor]] = {}
-        for _, _, raws in pending:
-            for r in raws:
-                devices.setdefault(r.device, []).append(r.reshape(-1, _NRAW))
-        host = {d: torch.cat(rs).cpu().numpy() for d, rs in devices.items()}  # one transfer per device
-        offsets = dict.fromkeys(host, 0)
-        batches = []
-        for step, meta, raws in pending:
-            per_tensor = []
-            for r in raws:
-                n = r.numel() // _NRAW
-                o = offsets[r.device]
-                per_tensor.append(host[r.device][o : o + n])
-                offsets[r.device] = o + n
-            batches.append(self._rows(step, meta, per_tensor))
-        batch = {c: np.concatenate([b[c] for b in batches]) for c in COLUMNS}
+        raw = _to_host([raws for _, _, raws in pending])  # [steps, tensor rows, 10]: one transfer
+        steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
+        batch = self._records(steps, [m for _, m, _ in pending], raw)
         if self.keep_history:
             self._history.append(batch)
         if not _is_rank_zero():
@@ -471,89 +438,106 @@ class SphericalMonitor:
             except Exception as exc:  # a full disk must not stop training; the records stay in memory
                 self._warn_once(f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}")
 
-    def _rows(self, step: int, meta: list[tuple], raws: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """One recorded step: metrics for every row, then the windows and the theory, all vectorised."""
-        cols: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine")
-        }
-        hp, ell_src, star, norm_fns, relax, reasons = [], [], [], [], [], []
-        i = 0
-        for u, (_gi, lr, wd, mom, rule, coeffs, no_grad) in zip(self.units, meta, strict=True):
-            parts = raws[i : i + len(u.tensors)]
-            i += len(u.tensors)
-            m = _unit_metrics(parts, coeffs, rule, mom)
-            for k in cols:
+    def _records(self, steps: np.ndarray, meta: list[list[tuple]], raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows for a block of recorded steps: metrics vectorised over steps, then windows and theory."""
+        nsteps = len(steps)
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in _METRICS}
+        hp, ell, star, relax, why, sgd, adamw_norm = [], [], [], [], [], [], []
+        t = 0
+        for ui, u in enumerate(self.units):
+            parts = []
+            for tensor in u.tensors:
+                n = tensor.shape[0] if u.per_channel else 1
+                parts.append(raw[:, t : t + n])
+                t += n
+            lr, wd, mom, kind, has_theory, note, coeffs, no_grad = _unit_meta([m[ui] for m in meta])
+            m = _unit_metrics(parts, coeffs, kind == "sgd", mom)
+            for k in _METRICS:
                 cols[k].append(m[k])
-            hp.append(np.tile([lr, wd, mom], (u.rows, 1)))
-            ell_src.append(m["h_tilde"] if rule.kind == "sgd" and mom > 0 else m["unit_grad_sq"])
-            th = _theory(rule, lr, wd, mom, _numel(u) // u.rows)
-            star.append(np.full(u.rows, th.angular_update))
-            norm_fns.append((u.rows, th.weight_norm))
-            relax.append(np.full(u.rows, th.relaxation_steps))
-            reasons.extend(r or th.note for r in _reason(u, parts, m, no_grad))
-        c = {k: np.concatenate(v) for k, v in cols.items()}
-        hparams = np.concatenate(hp)
-        delta, ell = c["angular_update"], np.concatenate(ell_src)
-        w = self._win
-        changed = np.any(hparams != w["hparams"], axis=1)
-        if changed.any():
-            w["sq"][changed] = np.nan
-            w["ang"][changed] = np.nan
-            w["n"][changed] = 0
-            w["since"][changed] = 0
-            w["hparams"][changed] = hparams[changed]
-        rows = np.arange(len(delta))
-        for key, sq_key, x, count in (("ang", "sq", delta, "n"), ("ell", None, ell, "n_ell")):
-            ok = np.isfinite(x)
-            slot = w[count] % self.window
-            w[key][rows[ok], slot[ok]] = x[ok]
-            if sq_key:
-                w[sq_key][rows[ok], slot[ok]] = x[ok] ** 2
-            w[count] += ok
-        w["since"] += 1
+            rows = (nsteps, u.rows)
+            hp.append(np.broadcast_to(np.stack([lr, wd, mom], axis=-1)[:, None, :], (*rows, 3)))
+            ell.append(m["h_tilde"] if (kind == "sgd" and (mom > 0).any()) else m["unit_grad_sq"])
+            th = _theory(kind, has_theory, note, lr, wd, mom, _numel(u) // u.rows)
+            star.append(np.broadcast_to(th["angular_update"][:, None], rows))
+            relax.append(np.broadcast_to(th["relaxation_steps"][:, None], rows))
+            adamw_norm.append(np.broadcast_to(th["adamw_weight_norm"][:, None], rows))
+            sgd.append(np.broadcast_to(((kind == "sgd") & has_theory)[:, None], rows))
+            why.append(_reasons(u, parts, m, no_grad, th["note"]))
+        c = {k: np.concatenate(v, axis=1) for k, v in cols.items()}
+        hparams = np.concatenate(hp, axis=1)
+        win = self._advance_windows(hparams, c["angular_update"], np.concatenate(ell, axis=1))
+        star_a, sgd_a = np.concatenate(star, axis=1), np.concatenate(sgd, axis=1)
+        lr, wd, mom = hparams[..., 0], hparams[..., 1], hparams[..., 2]
+        norm_star = np.concatenate(adamw_norm, axis=1).copy()
+        ok = sgd_a & (wd > 0) & np.isfinite(win["l_estimate"]) & (win["l_estimate"] > 0)
+        if ok.any():
+            norm_star[ok] = theory.weight_norm(win["l_estimate"][ok], lr[ok], wd[ok], mom[ok])
+        reason = np.concatenate(why, axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            n = np.minimum(w["n"], self.window)
-            rms = np.sqrt(np.nansum(w["sq"], axis=1) / n)
-            mean = np.nansum(w["ang"], axis=1) / n
-            l_est = np.nansum(w["ell"], axis=1) / np.minimum(w["n_ell"], self.window)
-            star_a = np.concatenate(star)
-            norm_star, o = [], 0
-            for k, fn in norm_fns:
-                norm_star.append(fn(l_est[o : o + k]))
-                o += k
-            norm_star_a = np.concatenate(norm_star)
-            ratio = rms / star_a
-        why = np.asarray(reasons, dtype=object)
-        full = n >= self.window
-        fine = why == ""
-        late = w["since"] * _stride(self.every) > 3 * np.concatenate(relax)
-        collapsed = full & fine & (ratio < 1 - 2 * self.tol) & late
-        why[collapsed] = _COLLAPSE
+            ratio = win["angular_update_rms"] / star_a
+            eff = lr / c["weight_norm"] ** 2
+        full = win["count"] >= self.window
+        fine = reason == ""
+        late = win["since"] * _stride(self.every) > 3 * np.concatenate(relax, axis=1)
+        collapsed = full & fine & sgd_a & (ratio < 1 - 2 * self.tol) & late
+        reason[collapsed] = _COLLAPSE
         eq = full & fine & ~collapsed & (np.abs(ratio - 1) <= self.tol)
-        wn = c["weight_norm"]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            eff = hparams[:, 0] / wn**2
-        return {
-            "step": np.full(len(delta), step, dtype=np.int64),
-            "param": self._row_names,
-            "channel": self._row_channels,
-            "lr": hparams[:, 0],
-            "wd": hparams[:, 1],
-            "momentum": hparams[:, 2],
-            "weight_norm": wn,
-            "unit_grad_sq": c["unit_grad_sq"],
-            "h_tilde": c["h_tilde"],
-            "angular_update": delta,
-            "effective_lr": np.where(wn > 0, eff, np.nan),
-            "grad_cosine": c["grad_cosine"],
-            "angular_update_rms": rms,
-            "angular_update_mean": mean,
-            "l_estimate": l_est,
+        nrows = c["weight_norm"].shape[1]
+        out = {
+            "step": np.repeat(steps, nrows),
+            "param": np.tile(self._row_names, nsteps),
+            "channel": np.tile(self._row_channels, nsteps),
+            "lr": lr,
+            "wd": wd,
+            "momentum": mom,
+            **c,
+            "effective_lr": np.where(c["weight_norm"] > 0, eff, np.nan),
+            "angular_update_rms": win["angular_update_rms"],
+            "angular_update_mean": win["angular_update_mean"],
+            "l_estimate": win["l_estimate"],
             "theory_angular_update": star_a,
-            "theory_weight_norm": norm_star_a,
+            "theory_weight_norm": norm_star,
             "in_equilibrium": eq,
-            "reason": why,
+            "reason": reason,
         }
+        return {k: np.ascontiguousarray(out[k]).reshape(-1) if out[k].ndim > 1 else out[k] for k in COLUMNS}
+
+    def _advance_windows(
+        self, hparams: np.ndarray, delta: np.ndarray, ell: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Push a block of steps through the ring buffers; return the per-step trailing statistics."""
+        w, size = self._win, self.window
+        nsteps, nrows = delta.shape
+        idx = np.arange(nrows)
+        out = {
+            k: np.empty((nsteps, nrows)) for k in ("angular_update_rms", "angular_update_mean", "l_estimate")
+        }
+        out["count"] = np.empty((nsteps, nrows), dtype=np.int64)
+        out["since"] = np.empty((nsteps, nrows), dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for s in range(nsteps):
+                changed = np.any(hparams[s] != w["hparams"], axis=1)
+                if changed.any():  # the Δ window restarts; L is a property of the gradients and carries on
+                    for key in ("sq", "ang"):
+                        w[key][changed] = np.nan
+                    w["n"][changed] = 0
+                    w["since"][changed] = 0
+                    w["hparams"][changed] = hparams[s][changed]
+                for ring, count, x in (("ang", "n", delta[s]), ("ell", "n_ell", ell[s])):
+                    ok = np.isfinite(x)
+                    slot = w[count][ok] % size
+                    w[ring][idx[ok], slot] = x[ok]
+                    if ring == "ang":
+                        w["sq"][idx[ok], slot] = x[ok] ** 2
+                    w[count] += ok
+                w["since"] += 1
+                n = np.minimum(w["n"], size)
+                out["angular_update_rms"][s] = np.sqrt(np.nansum(w["sq"], axis=1) / n)
+                out["angular_update_mean"][s] = np.nansum(w["ang"], axis=1) / n
+                out["l_estimate"][s] = np.nansum(w["ell"], axis=1) / np.minimum(w["n_ell"], size)
+                out["count"][s] = n
+                out["since"][s] = w["since"]
+        return out
 
     # ------------------------------------------------------------------ public
 
@@ -723,67 +707,118 @@ def _sgd_coefficients(group: Mapping[str, Any], *, has_buffer: bool) -> tuple[fl
     return lr * k * wd, lr * k * s, lr * c
 
 
-def _theory(rule: _Rule, lr: float, wd: float, mom: float, numel: int) -> _Theory:
-    """Δ*, the map L -> w* and the relaxation time of a rule, or NaN with the reason there is none."""
-    if not rule.theory:
-        return _Theory(math.nan, _no_norm, math.inf, rule.note)
-    if not (lr > 0 and math.isfinite(lr)) or not 0 <= mom < 1:
-        return _Theory(math.nan, _no_norm, math.inf, f"lr={lr:g}, momentum={mom:g}: outside the theory")
-    if wd <= 0:
-        return _Theory(0.0, _no_norm, math.inf, "weight decay is 0: no equilibrium (the norm grows forever)")
-    if rule.kind == "adamw":
-        norm = float(theory.adamw_weight_norm(lr, wd, numel, mom))
-        delta = float(theory.adamw_angular_update(lr, wd, mom))
-        return _Theory(delta, lambda ell: np.full(np.shape(ell), norm), 1 / (2 * lr * wd), "")
+_METRICS = ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine")
 
-    def norm_of(ell: np.ndarray) -> np.ndarray:
-        ell = np.asarray(ell, dtype=float)
-        out = np.full(ell.shape, np.nan)
-        ok = np.isfinite(ell) & (ell > 0)
-        if ok.any():
-            out[ok] = theory.weight_norm(ell[ok], lr, wd, mom)
-        return out
+_COLLAPSE = (
+    "RMS Δ/Δ* far below 1 long after the last hyper-parameter change: the unit gradient is collapsing "
+    "(memorised data?), so the equilibrium theory does not apply"
+)
 
-    return _Theory(float(theory.angular_update(lr, wd, mom)), norm_of, (1 - mom) / (2 * lr * wd), "")
+
+def _to_host(per_step: list[list[torch.Tensor]]) -> np.ndarray:
+    """Stack the per-tensor reductions of many steps and move them to the host, one copy per device."""
+    devices = list(dict.fromkeys(r.device for r in per_step[0]))
+    host = {
+        d: torch.stack([torch.cat([r for r in raws if r.device == d]) for raws in per_step]).cpu().numpy()
+        for d in devices
+    }
+    if len(devices) == 1:
+        return host[devices[0]]
+    offsets, parts = dict.fromkeys(devices, 0), []
+    for r in per_step[0]:
+        o = offsets[r.device]
+        parts.append(host[r.device][:, o : o + r.shape[0]])
+        offsets[r.device] = o + r.shape[0]
+    return np.concatenate(parts, axis=1)
+
+
+def _unit_meta(per_step: list[tuple]) -> tuple:
+    """Per-step arrays of one unit's hyper-parameters, rule and update coefficients."""
+    lr = np.array([m[0] for m in per_step])
+    wd = np.array([m[1] for m in per_step])
+    mom = np.array([m[2] for m in per_step])
+    kind = per_step[-1][3].kind
+    has_theory = np.array([m[3].theory and m[3].kind == kind for m in per_step])
+    note = np.array([m[3].note for m in per_step], dtype=object)
+    ntensors = len(per_step[0][4])
+    coeffs = [
+        np.array([m[4][i] if m[4][i] is not None else (np.nan,) * 3 for m in per_step])
+        for i in range(ntensors)
+    ]
+    no_grad = np.array([m[5] for m in per_step])
+    return lr, wd, mom, kind, has_theory, note, coeffs, no_grad
+
+
+def _theory(
+    kind: str,
+    has_theory: np.ndarray,
+    note: np.ndarray,
+    lr: np.ndarray,
+    wd: np.ndarray,
+    mom: np.ndarray,
+    numel: int,
+) -> dict[str, np.ndarray]:
+    """Δ*, AdamW's w*, the relaxation time and the reason for no theory, per step (NaN where none)."""
+    n = len(lr)
+    star, relax, adamw = np.full(n, np.nan), np.full(n, np.inf), np.full(n, np.nan)
+    why = np.where(has_theory, "", note).astype(object)
+    valid = has_theory & (lr > 0) & np.isfinite(lr) & (mom >= 0) & (mom < 1) & (wd >= 0)
+    why[has_theory & ~valid] = "lr or momentum outside the theory's range"
+    no_wd = valid & (wd == 0)
+    star[no_wd] = 0.0
+    why[no_wd] = "weight decay is 0: no equilibrium (the norm grows without bound)"
+    ok = valid & (wd > 0)
+    if ok.any():
+        if kind == "adamw":
+            star[ok] = theory.adamw_angular_update(lr[ok], wd[ok], mom[ok])
+            adamw[ok] = theory.adamw_weight_norm(lr[ok], wd[ok], numel, mom[ok])
+            relax[ok] = 1 / (2 * lr[ok] * wd[ok])
+        else:
+            star[ok] = theory.angular_update(lr[ok], wd[ok], mom[ok])
+            relax[ok] = (1 - mom[ok]) / (2 * lr[ok] * wd[ok])
+    return {"angular_update": star, "relaxation_steps": relax, "adamw_weight_norm": adamw, "note": why}
 
 
 def _unit_metrics(
-    parts: list[np.ndarray], coeffs: list[tuple | None], rule: _Rule, mom: float
+    parts: list[np.ndarray], coeffs: list[np.ndarray], is_sgd: bool, mom: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Per-row metrics of one unit from its tensors' raw reductions (float64 host math)."""
-    ww = sum(p[:, _I["ww"]] for p in parts)
-    gg = sum(p[:, _I["gg"]] for p in parts)
-    wg = sum(p[:, _I["wg"]] for p in parts)
-    gv = sum(p[:, _I["gv"]] for p in parts)
-    known = all(c is not None for c in coeffs)
+    """Metrics of one unit, [steps, rows], from its tensors' raw reductions (float64 host math)."""
+
+    def col(name: str, p: np.ndarray) -> np.ndarray:
+        return p[..., _I[name]]
+
+    ww = sum(col("ww", p) for p in parts)
+    gg = sum(col("gg", p) for p in parts)
+    wg = sum(col("wg", p) for p in parts)
+    gv = sum(col("gv", p) for p in parts)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if known:
-            # d = a·w + e with e = b·g + c·v: the weight-decay term a·w is purely radial, so the tangential
-            # part comes from e alone and never suffers the cancellation of ‖d‖² − ⟨d,ŵ⟩² (DESIGN §2).
-            dw = ew = ee = dd = 0.0
-            for p, (a, b, c) in zip(parts, coeffs, strict=True):
-                pw, pg, pv = p[:, _I["ww"]], p[:, _I["gg"]], p[:, _I["vv"]]
-                pwg, pwv, pgv = p[:, _I["wg"]], p[:, _I["wv"]], p[:, _I["gv"]]
-                ew_i = b * pwg + c * pwv
-                ee_i = b * b * pg + c * c * pv + 2 * b * c * pgv
-                ew, ee = ew + ew_i, ee + ee_i
-                dw = dw + a * pw + ew_i
-                dd = dd + a * a * pw + 2 * a * ew_i + ee_i
-            same_a = len({c[0] for c in coeffs}) == 1
-            perp = ee - ew**2 / ww if same_a else dd - dw**2 / ww
-            norm = np.sqrt(ww)
-            delta = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), norm - dw / norm)
-        else:
-            bb = sum(p[:, _I["bb"]] for p in parts)
-            db = sum(p[:, _I["db"]] for p in parts)
-            dd = sum(p[:, _I["dd"]] for p in parts)
-            perp = parts[0][:, _I["dperp"]] if len(parts) == 1 else dd - db**2 / bb
-            nb = np.sqrt(bb)
-            delta = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), nb + db / nb)
-        h = (gg + 2 * mom * gv) * ww if rule.kind == "sgd" else np.full_like(ww, np.nan)
+        # Known update d = a·w + e, e = b·g + c·v: the weight-decay term a·w is radial, so the tangential part
+        # comes from e alone and never suffers the cancellation of ‖d‖² − ⟨d,ŵ⟩² (DESIGN §2).
+        dw = ew = ee = dd = 0.0
+        for p, k in zip(parts, coeffs, strict=True):
+            a, b, c = (k[:, j : j + 1] for j in range(3))
+            ew_i = b * col("wg", p) + c * col("wv", p)
+            ee_i = b * b * col("gg", p) + c * c * col("vv", p) + 2 * b * c * col("gv", p)
+            ew, ee = ew + ew_i, ee + ee_i
+            dw = dw + a * col("ww", p) + ew_i
+            dd = dd + a * a * col("ww", p) + 2 * a * ew_i + ee_i
+        same_a = np.all([k[:, :1] == coeffs[0][:, :1] for k in coeffs], axis=0)
+        perp = np.where(same_a, ee - ew**2 / ww, dd - dw**2 / ww)
+        norm = np.sqrt(ww)
+        known = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), norm - dw / norm)
+        # Snapshot path: sums relative to b = w_{t+1} (geometry.update_sums).
+        bb = sum(col("bb", p) for p in parts)
+        db = sum(col("db", p) for p in parts)
+        dd_s = sum(col("dd", p) for p in parts)
+        perp_s = col("dperp", parts[0]) if len(parts) == 1 else dd_s - db**2 / bb
+        nb = np.sqrt(bb)
+        snap = np.arctan2(np.sqrt(np.maximum(perp_s, 0.0)), nb + db / nb)
+        is_known = np.all([np.isfinite(k).all(axis=1, keepdims=True) for k in coeffs], axis=0)
+        delta = np.where(is_known, known, snap)
+        h = (gg + 2 * mom[:, None] * gv) * ww if is_sgd else np.full_like(ww, np.nan)
         cos = wg / np.sqrt(ww * gg)
     return {
-        "weight_norm": np.sqrt(ww),
+        "weight_norm": norm,
         "unit_grad_sq": gg * ww,
         "h_tilde": h,
         "angular_update": np.where(ww > 0, delta, np.nan),
@@ -791,22 +826,26 @@ def _unit_metrics(
     }
 
 
-def _reason(u: _Unit, parts: list[np.ndarray], m: dict[str, np.ndarray], no_grad: list[bool]) -> list[str]:
-    """Why a row's numbers are NaN or untrustworthy ('' when they are fine)."""
-    ww = sum(p[:, _I["ww"]] for p in parts)
-    finite_g = np.all([np.isfinite(p[:, _I["gg"]]) for p in parts], axis=0)
-    out = []
-    for row in range(u.rows):
-        if not all(t.requires_grad for t in u.tensors):
-            out.append("frozen parameter (requires_grad=False)")
-        elif any(no_grad):
-            out.append("no gradient this step (p.grad is None)")
-        elif not np.isfinite(ww[row]):
-            out.append("non-finite weight")
-        elif ww[row] == 0:
-            out.append("zero-norm weight: direction undefined")
-        elif not finite_g[row] or not np.isfinite(m["angular_update"][row]):
-            out.append("non-finite gradient or update")
-        else:
-            out.append("")
-    return out
+def _reasons(
+    u: _Unit, parts: list[np.ndarray], m: dict[str, np.ndarray], no_grad: np.ndarray, note: np.ndarray
+) -> np.ndarray:
+    """Why each row's numbers are NaN, or why no theory applies ('' when all is well), [steps, rows]."""
+    ww = sum(p[..., _I["ww"]] for p in parts)
+    finite_g = np.all([np.isfinite(p[..., _I["gg"]]) for p in parts], axis=0)
+    shape = ww.shape
+    conds = [
+        np.full(shape, not all(t.requires_grad for t in u.tensors)),
+        np.broadcast_to(no_grad[:, None], shape),
+        ~np.isfinite(ww),
+        ww == 0,
+        ~finite_g | ~np.isfinite(m["angular_update"]),
+    ]
+    choices = [
+        "frozen parameter (requires_grad=False)",
+        "no gradient this step (p.grad is None)",
+        "non-finite weight",
+        "zero-norm weight: direction undefined",
+        "non-finite gradient or update",
+    ]
+    default = np.broadcast_to(note[:, None], shape)
+    return np.select(conds, choices, default=default).astype(object)
