@@ -19,6 +19,7 @@ never ``arccos`` of a cosine, which is useless at the Δ ≈ 1e-3 of real traini
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import math
 import warnings
@@ -207,6 +208,7 @@ class SphericalMonitor:
             )
         self.units = units
         self._group_of = self._map_groups()
+        self._shards = _ShardPlan.build(units)
         total = sum(u.rows for u in units)
         self._row_names = np.asarray([u.name for u in units for _ in range(u.rows)], dtype=object)
         self._row_channels = np.asarray(
@@ -280,6 +282,10 @@ class SphericalMonitor:
 
     @staticmethod
     def _unit(name: str, tensors: list[nn.Parameter], per_channel: bool) -> _Unit:
+        if per_channel and any(_is_sharded(t) for t in tensors):
+            raise ValueError(
+                f"{name}: granularity='channel' is not supported for sharded (DTensor) parameters"
+            )
         rows = tensors[0].shape[0] if per_channel and tensors[0].dim() >= 1 else 1
         if per_channel and any(t.dim() < 1 or t.shape[0] != rows for t in tensors):
             raise ValueError(f"{name}: tensors of a per-channel unit must share their first dimension")
@@ -383,15 +389,15 @@ class SphericalMonitor:
             coeffs = []
             usnap: list[torch.Tensor | None] = []
             for t in u.tensors:
-                g = t.grad
+                g = _local(t.grad)
                 tg = groups[self._group_of[id(t)]]
                 if g is None:
                     raws.append(_nan_raw(t, u.per_channel))
                     coeffs.append(None)
                     usnap.append(None)
                     continue
-                w = t.detach()
-                v = state.get(t, {}).get("momentum_buffer") if rule.kind == "sgd" else None
+                w = _local(t.detach())
+                v = _local(state.get(t, {}).get("momentum_buffer")) if rule.kind == "sgd" else None
                 raws.append(_gram(w, g, v, u.per_channel))
                 if rule.known_update:
                     coeffs.append(_sgd_coefficients(tg, has_buffer=v is not None))
@@ -412,8 +418,10 @@ class SphericalMonitor:
             for u, usnap in zip(self.units, self._snap, strict=True):
                 for t, before in zip(u.tensors, usnap, strict=True):
                     if before is not None:
-                        after = t.detach()
+                        after = _local(t.detach())
                         sums = geometry.update_sums(after, before - after, per_channel=u.per_channel)
+                        if _is_sharded(t):  # ‖d⊥‖² of a shard is not additive: rebuilt from the sums
+                            sums[..., 3] = math.nan
                         raws[i][..., _I["bb"] :] = sums
                     i += 1
         self._pending.append((step, meta, raws))
@@ -425,7 +433,7 @@ class SphericalMonitor:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        raw = _to_host([raws for _, _, raws in pending])  # [steps, tensor rows, 10]: one transfer
+        raw = _to_host([raws for _, _, raws in pending], self._shards)  # [steps, rows, 10]: one transfer
         steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
         batch = self._records(steps, [m for _, m, _ in pending], raw)
         if self.keep_history:
@@ -653,12 +661,80 @@ def _numel(u: _Unit) -> int:
     return sum(t.numel() for t in u.tensors)
 
 
+def _local(x: torch.Tensor | None) -> torch.Tensor | None:
+    """The local shard of a DTensor (FSDP2, tensor parallel), or the tensor itself."""
+    return x.to_local() if x is not None and _is_sharded(x) else x
+
+
+def _is_sharded(x: torch.Tensor) -> bool:
+    return type(x).__name__ == "DTensor" and hasattr(x, "to_local")
+
+
+@dataclass
+class _ShardPlan:
+    """How to add the partial sums of sharded (DTensor) parameters: over Shard mesh dims, never Replicate."""
+
+    groups: list[Any]  # process groups of the mesh dimensions the parameters are sharded over
+    replicated_rows: torch.Tensor  # [rows] bool: rows of unsharded tensors, counted once (coordinate 0)
+    first: bool  # this rank is at coordinate 0 along every summed mesh dimension
+
+    @staticmethod
+    def build(units: list[_Unit]) -> _ShardPlan | None:
+        tensors = [t for u in units for t in u.tensors]
+        sharded = [t for t in tensors if _is_sharded(t)]
+        if not sharded:
+            return None
+        mesh = sharded[0].device_mesh
+        dims = [i for i, p in enumerate(sharded[0].placements) if p.is_shard()]
+        for t in sharded:
+            if t.device_mesh != mesh or [i for i, p in enumerate(t.placements) if p.is_shard()] != dims:
+                raise ValueError(
+                    "sharded parameters must share one device mesh and the same sharded dimensions"
+                )
+        if len({t.to_local().device for t in tensors}) > 1:
+            raise ValueError("sharded parameters must all live on one device per rank")
+        rows = torch.tensor([not _is_sharded(t) for u in units for t in u.tensors for _ in range(u.rows)])
+        coord = mesh.get_coordinate() or []
+        plan = _ShardPlan([mesh.get_group(i) for i in dims], rows, all(coord[i] == 0 for i in dims))
+        plan._check_same_everywhere(units)
+        return plan
+
+    def _check_same_everywhere(self, units: list[_Unit]) -> None:
+        """Fail now, with a clear message, if another rank monitors different parameters (or none)."""
+        names = ";".join(f"{u.name}:{u.rows}" for u in units)
+        digest = int.from_bytes(hashlib.sha256(names.encode()).digest()[:6], "big")
+        for group in self.groups:
+            nccl = torch.distributed.get_backend(group) == "nccl"
+            dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            x = torch.tensor([digest, -digest], dtype=torch.float64, device=dev)
+            try:
+                torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX, group=group)
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    "SphericalMonitor: the ranks did not all attach a monitor (collective failed: "
+                    f"{exc}); create it on every rank with the same parameters"
+                ) from exc
+            if x[0].item() != -x[1].item():
+                raise ValueError(
+                    "SphericalMonitor: ranks monitor different parameters; all must monitor the same ones"
+                )
+
+    def reduce(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Sum [steps, rows, 10] partial sums over the shards in place: one all-reduce per mesh dim."""
+        if not self.first:
+            mask = self.replicated_rows.to(stacked.device)[None, :, None]
+            stacked = torch.where(mask, torch.zeros((), dtype=stacked.dtype, device=stacked.device), stacked)
+        for group in self.groups:
+            torch.distributed.all_reduce(stacked, group=group)
+        return stacked
+
+
 def _nan_raw(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """A row for a tensor without a gradient: its norm is still known, everything else is NaN."""
     raw = torch.full(
         (t.shape[0] if per_channel else 1, _NRAW), math.nan, dtype=torch.float64, device=t.device
     )
-    raw[:, _I["ww"]] = geometry.sq_norm(t.detach(), per_channel=per_channel)
+    raw[:, _I["ww"]] = geometry.sq_norm(_local(t.detach()), per_channel=per_channel)
     return raw
 
 
@@ -715,13 +791,20 @@ _COLLAPSE = (
 )
 
 
-def _to_host(per_step: list[list[torch.Tensor]]) -> np.ndarray:
-    """Stack the per-tensor reductions of many steps and move them to the host, one copy per device."""
+def _to_host(per_step: list[list[torch.Tensor]], shards: _ShardPlan | None) -> np.ndarray:
+    """Stack the per-tensor reductions of many steps and move them to the host, one copy per device.
+
+    With sharded parameters the local partial sums are first added across shards: one all-reduce for all
+    parameters and all buffered steps together.
+    """
     devices = list(dict.fromkeys(r.device for r in per_step[0]))
-    host = {
-        d: torch.stack([torch.cat([r for r in raws if r.device == d]) for raws in per_step]).cpu().numpy()
-        for d in devices
+    stacked = {
+        d: torch.stack([torch.cat([r for r in raws if r.device == d]) for raws in per_step]) for d in devices
     }
+    if shards is not None:
+        (d,) = devices  # _ShardPlan.build refuses sharded models spread over several devices
+        stacked[d] = shards.reduce(stacked[d])
+    host = {d: x.cpu().numpy() for d, x in stacked.items()}
     if len(devices) == 1:
         return host[devices[0]]
     offsets, parts = dict.fromkeys(devices, 0), []
@@ -810,7 +893,10 @@ def _unit_metrics(
         bb = sum(col("bb", p) for p in parts)
         db = sum(col("db", p) for p in parts)
         dd_s = sum(col("dd", p) for p in parts)
-        perp_s = col("dperp", parts[0]) if len(parts) == 1 else dd_s - db**2 / bb
+        one_pass = dd_s - db**2 / bb  # for pairs and shards; a single local tensor has the exact ‖d⊥‖²
+        perp_s = np.where(np.isfinite(col("dperp", parts[0])), col("dperp", parts[0]), one_pass)
+        if len(parts) > 1:
+            perp_s = one_pass
         nb = np.sqrt(bb)
         snap = np.arctan2(np.sqrt(np.maximum(perp_s, 0.0)), nb + db / nb)
         is_known = np.all([np.isfinite(k).all(axis=1, keepdims=True) for k in coeffs], axis=0)
