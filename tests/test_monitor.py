@@ -361,3 +361,23 @@ def test_auto_detection_from_the_first_forward_pass_when_fx_fails() -> None:
     # detection ran its own forward passes but left training bit-identical to an unmonitored run
     for (n, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
+
+
+def test_continuous_schedule_restarts_the_window_only_after_a_5_percent_move() -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1 - 0.009 * step)  # -0.9% per step
+    with SphericalMonitor(model, opt, params=["conv.weight"], window=50) as mon:
+        for x, y in _batches(8):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    h = mon.history()
+    d = h["angular_update"]
+    # lr 0.1, 0.0991, ...: the window restarts at step 6 (lr 0.0946 is 5.4% below 0.1), not before
+    assert h["angular_update_rms"][5] == pytest.approx(math.sqrt(np.mean(d[:6] ** 2)), rel=1e-12)
+    assert h["angular_update_rms"][7] == pytest.approx(math.sqrt(np.mean(d[6:8] ** 2)), rel=1e-12)
+    assert [e["step"] for e in mon.events] == [6]
+    assert mon.summary()[0]["step"] == 7

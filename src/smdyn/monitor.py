@@ -188,6 +188,7 @@ class SphericalMonitor:
         self._snap: list[list[torch.Tensor | None]] | None = None
         self._current: tuple[int, list[torch.Tensor], list[tuple]] | None = None
         self._history: list[dict[str, np.ndarray]] = []
+        self._latest: dict[str, np.ndarray] = {}
         self._warned: set[str] = set()
         self._closed = False
         self._handles = [
@@ -345,7 +346,7 @@ class SphericalMonitor:
                     self._event_lr[gi] = lr
                 continue
             # Continuous schedules change lr every step: an event is a 5% move since the last event.
-            if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < 0.05:
+            if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < _RESTART:
                 continue
             self._event_lr[gi] = lr
             k = ref / lr
@@ -438,6 +439,8 @@ class SphericalMonitor:
         batch = self._records(steps, [m for _, m, _ in pending], raw)
         if self.keep_history:
             self._history.append(batch)
+        nrows = len(self._row_names)
+        self._latest = {c: v[-nrows:] for c, v in batch.items()}
         if not _is_rank_zero():
             return
         for sink in self.sinks:
@@ -524,7 +527,13 @@ class SphericalMonitor:
         out["since"] = np.empty((nsteps, nrows), dtype=np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             for s in range(nsteps):
-                changed = np.any(hparams[s] != w["hparams"], axis=1)
+                # Restart on a change of more than 5% since the window began (or of momentum, or to/from 0):
+                # a continuous schedule then restarts it every ~5% of decay, not every step.
+                start = w["hparams"]
+                rel = np.abs(hparams[s] - start) > _RESTART * np.abs(start)
+                changed = (
+                    rel[:, 0] | rel[:, 1] | (hparams[s][:, 2] != start[:, 2]) | np.isnan(start).any(axis=1)
+                )
                 if changed.any():  # the Δ window restarts; L is a property of the gradients and carries on
                     for key in ("sq", "ang"):
                         w[key][changed] = np.nan
@@ -567,12 +576,10 @@ class SphericalMonitor:
         return pd.DataFrame(self.history())
 
     def summary(self) -> list[dict[str, Any]]:
-        """The latest record of each monitored row: a compact view for tables and progress bars."""
-        h = self.history()
-        last: dict[tuple[str, int], int] = {}
-        for i, key in enumerate(zip(h["param"], h["channel"], strict=True)):
-            last[key] = i
-        return [{c: h[c][i] for c in COLUMNS} for i in last.values()]
+        """The latest record of each monitored row (flushes first): for tables, logs and progress bars."""
+        self.flush()
+        latest = self._latest
+        return [{c: latest[c][i] for c in COLUMNS} for i in range(len(latest.get("step", ())))]
 
     def state_dict(self) -> dict[str, Any]:
         """Step count, windows and lr tracking, so a resumed run continues where it stopped.
@@ -782,6 +789,8 @@ def _sgd_coefficients(group: Mapping[str, Any], *, has_buffer: bool) -> tuple[fl
         k, c = 1.0 + mom * k, mom * c
     return lr * k * wd, lr * k * s, lr * c
 
+
+_RESTART = 0.05  # relative change of lr or wd that restarts the Δ window (and logs an lr event)
 
 _METRICS = ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine")
 
