@@ -8,6 +8,15 @@ Weight Decay", NeurIPS 2021).
 from smdyn import geometry, theory
 from smdyn.invariance import InvariantParam, find_scale_invariant
 from smdyn.monitor import SphericalMonitor
+from smdyn.simulation import SimulationResult, simulate
 
-__all__ = ["InvariantParam", "SphericalMonitor", "find_scale_invariant", "geometry", "theory"]
+__all__ = [
+    "InvariantParam",
+    "SimulationResult",
+    "SphericalMonitor",
+    "find_scale_invariant",
+    "geometry",
+    "simulate",
+    "theory",
+]
 __version__ = "0.1.0"

@@ -6,6 +6,8 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 
 from smdyn import theory
 
@@ -48,6 +50,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_out(kind: str) -> Path:
+    return Path("runs") / f"{kind}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from smdyn.experiments.simulation_report import write_simulation_report
+
+    out = Path(args.out) if args.out else _default_out("simulate")
+    path = write_simulation_report(out, quick=args.quick, progress=print)
+    print(f"wrote {path} and its figures in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand (kept separate so tests can inspect it)."""
     parser = argparse.ArgumentParser(prog="smdyn", description=__doc__)
@@ -67,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("simulate", help="check the theorems against simulated SMD; writes a report")
+    p.add_argument("--out", default=None, help="output directory (default: a new folder under runs/)")
+    p.add_argument("--quick", action="store_true", help="a small grid that runs in seconds")
+    p.set_defaults(func=_simulate)
+
+    from smdyn.experiments.report import add_report_arguments, report_main
+
+    p = sub.add_parser("report", help="paper-style figures and a self-contained report.html comparing runs")
+    add_report_arguments(p)
+    p.set_defaults(func=report_main)
     return parser
 
 
