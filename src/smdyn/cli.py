@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_simulate)
 
     from smdyn.experiments.report import add_report_arguments, report_main
+    from smdyn.experiments.train import add_train_arguments, train_main
+
+    p = sub.add_parser("train", help="train a model from a TOML config with the monitor attached")
+    add_train_arguments(p)
+    p.set_defaults(func=train_main)
 
     p = sub.add_parser("report", help="paper-style figures and a self-contained report.html comparing runs")
     add_report_arguments(p)
