@@ -8,14 +8,19 @@ Weight Decay", NeurIPS 2021).
 from smdyn import geometry, theory
 from smdyn.invariance import InvariantParam, find_scale_invariant
 from smdyn.monitor import SphericalMonitor
+from smdyn.plan import PlanResult, plan
+from smdyn.rescale import Rescaler
 from smdyn.simulation import SimulationResult, simulate
 
 __all__ = [
     "InvariantParam",
+    "PlanResult",
+    "Rescaler",
     "SimulationResult",
     "SphericalMonitor",
     "find_scale_invariant",
     "geometry",
+    "plan",
     "simulate",
     "theory",
 ]

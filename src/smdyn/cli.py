@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small grid that runs in seconds")
     p.set_defaults(func=_simulate)
 
+    from smdyn.plan import add_plan_arguments, run_plan
+
+    p = sub.add_parser("plan", help="predict Δ*, the lag after each LR change, with and without rescaling")
+    add_plan_arguments(p)
+    p.set_defaults(func=run_plan)
+
     from smdyn.experiments.report import add_report_arguments, report_main
     from smdyn.experiments.train import add_train_arguments, train_main
 

@@ -1,0 +1,658 @@
+"""Rescale scale-invariant weights when the learning rate changes, so they stay at their equilibrium.
+
+Wan et al., "Spherical Motion Dynamics" (NeurIPS 2021), Sec 4.2: the equilibrium norm of a scale-invariant
+weight trained by SGD(M) with weight decay is w* ∝ η^¼ (Thms 1-2), so after the learning rate is divided by
+k the weight lags for ~ln(k)(1−α)/(2λη) steps (Corollary 3.1) with an angular update k^½ below its new
+equilibrium value. Multiplying every scale-invariant weight by k^(−¼) at the drop puts it at the new
+equilibrium at once. :class:`Rescaler` does that for any learning-rate schedule without a call in the
+training loop: an optimizer step pre-hook compares each param group's ``lr`` with the one of the previous
+step, which covers every ``torch.optim.lr_scheduler`` (they all write ``param_group["lr"]``) and manual edits.
+
+What a rescale by c does, between backward and the optimizer step:
+
+* every scale-invariant tensor of the group: w ← c·w;
+* its gradient: g ← g/c, the gradient at c·w (Lemma 1, Eq 4), so the step taken is the step at c·w;
+* a BatchNorm / InstanceNorm fed by the rescaled layer holds running statistics of the old scale: its input
+  y = W·x + b becomes c·W·x + b, so running_var ← c²·running_var and running_mean ← c·(running_mean − b) + b
+  (b = the layer's bias where the layer has one that is not rescaled with the weight, else 0). Without this,
+  evaluation right after a drop would be wrong;
+* the optimizer state, chosen by experiment (``momentum=``, below).
+
+Momentum buffer (``momentum="split"``, the default). The SGDM buffer v = Σ αʲ(g + λw) has a tangential part
+(gradients, ∝ 1/‖w‖) and a radial part along w. The radial part sets the norm's drift: at equilibrium
+E⟨w, v'⟩ = η·E‖v'‖²/2 (the norm is stationary), and with η → η/k = c⁴η and ‖v'‖² → ‖v'‖²/c² this needs
+⟨w, v⟩ → c²⟨w, v⟩, whatever produced the radial part. So the tangential part is divided by c and the radial
+part (its projection on the unit's whole vector) multiplied by c. Measured, Δ/Δ*_new after a drop by 10 at
+α = 0.9 (Δ* = √(2λη/(1+α)), Thm 3):
+
+========================  =============  =============  ==============  =============
+buffer after the drop     Gram model,    Gram model,    CNN, mnist1d,   CNN, mnist1d,
+                          first step     max |Δ/Δ*−1|   first step [1]  steps 0-4 [1]
+========================  =============  =============  ==============  =============
+``"split"`` (default)     0.9999         1.2e-4         reference       reference
+``"scale"`` (v/c)         0.9998         2.0e-3         −0.01%          −0.05%
+``"keep"``                0.668          0.33           −32%            −15%
+reset to 0                0.436          0.56           −52%            −22%
+========================  =============  =============  ==============  =============
+
+Gram model: the noiseless recurrence of DESIGN §2 at λη_new = 1e-3 (at α = 0.99: ``"split"`` 1.1e-5,
+``"scale"`` 1.5e-3, ``"keep"`` 1% off for 589 steps). [1] 3-layer BatchNorm CNN on mnist1d, SGD lr 0.1 → 0.01,
+λ = 5e-3, α = 0.9, at equilibrium before the drop (RMS Δ/Δ* = 0.99-1.00); paired runs (same batches, 6 seeds ×
+3 layers), mean of Δ/Δ_split − 1; RMS Δ/Δ*_new on the first step: 1.02 with ``"split"``, 0.69 with ``"keep"``,
+0.32 without rescaling (k^-½ = 0.316). On that network Δ/Δ*_new then settles near 0.72 with every buffer
+choice (0.24 without rescaling): the unit-gradient norm L = E‖g̃‖² falls ~3× within 400 steps of the drop (the
+loss falls too), and the rescale corrects for η only, never for a change of L (w* ∝ L^¼ as well).
+
+AdamW (``torch.optim.AdamW``, or ``Adam`` with ``decoupled_weight_decay=True``): its equilibrium norm is
+√(ηC/(2λ)) ∝ η^½ (Kosson et al., "Rotational Equilibrium", ICML 2024, arXiv 2305.17212, Table 1), so the
+weights are multiplied by r^½, not r^¼; ``exp_avg`` ← ``exp_avg``/c and ``exp_avg_sq`` ← ``exp_avg_sq``/c²
+(the moments of the gradients c·w would have had), which leaves m̂/√v̂ unchanged. Measured in the random-walk
+model of that paper (C = 512, lr 1e-2 → 1e-3, λ = 0.1, 16 trajectories): RMS Δ/Δ*_new = 0.998 on the first
+step and 0.99 after; keeping the Adam state instead overshoots (2.5 over steps 1-100, 1.3 up to step
+1000); the SGD exponent ¼ gives 0.56. Other optimizers have no derived law and are refused (``TypeError``).
+
+Hook order. The rescale must come before any monitor's pre-step measurement, or the monitor would describe
+a step that is not taken. torch has no ``prepend`` for optimizer step hooks, so the Rescaler moves its hook
+to the front of ``optimizer._optimizer_step_pre_hooks`` (an ``OrderedDict``) with
+``move_to_end(key, last=False)``: it runs before every per-optimizer pre-hook whatever the attach order.
+Global hooks (``torch.optim.optimizer.register_optimizer_step_pre_hook``) still run before it.
+
+Modes. ``"drops"`` (the paper's rule): rescale only when the lr falls by more than ``threshold`` between two
+consecutive optimizer steps; increases (warm-up) change nothing and are logged, small decreases are ignored.
+``"continuous"``: every change, so the cumulative factor is (lr/lr₀)^¼ — a generalisation that keeps smooth
+schedules (cosine, warm-up) on the equilibrium curve, which the planner (:func:`smdyn.plan`) shows before
+training: for a 3000-step cosine from λη = 1e-4 (α = 0.9) the noiseless model keeps |Δ/Δ* − 1| < 1e-3 with it,
+against a mean of 0.20 and −76% at 90% of the schedule without. In both modes the cumulative factor never goes
+below ``floor``: a schedule that decays towards 0 would drive the norms towards 0, where BatchNorm's eps is no
+longer negligible (the output moves by ≈ eps(1/c² − 1)/(2σ²)) and the weights lose precision. An lr of 0 or a
+non-finite lr is skipped with a warning; the next valid lr is compared with the last valid one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from smdyn import geometry
+
+__all__ = ["Rescaler"]
+
+_log = logging.getLogger("smdyn")
+
+_MODES = ("drops", "continuous")
+_MOMENTUM = ("split", "scale", "keep")
+
+
+# --------------------------------------------------------------------------------------------------
+# The rule: which lr change gives which factor (pure Python; the planner runs the same rule)
+
+
+@dataclass
+class _LrRule:
+    """Turns one param group's sequence of learning rates into weight factors.
+
+    ``target`` is the cumulative factor the rule asks for, ``applied`` the cumulative factor applied so far:
+    max(target, floor). Each observation returns the factor to apply now, applied_new / applied_old.
+    """
+
+    mode: str
+    threshold: float
+    floor: float
+    exponent: float
+    last_lr: float | None = None  # last valid lr seen
+    ref_lr: float | None = None  # first valid lr: continuous mode's target is (lr / ref_lr)^exponent
+    target: float = 1.0
+    applied: float = 1.0
+    invalid: bool = False  # the last lr seen was 0 or non-finite
+
+    def observe(self, lr: float) -> tuple[str, float, float]:
+        """Return (action, r, factor) for the lr of this step; factor 1.0 means leave the weights alone.
+
+        Actions: ``start``, ``same``, ``ignored`` (small decrease in drops mode), ``ignored_increase``,
+        ``rescaled``, ``floored`` (the floor took all of it), ``skipped`` (lr 0 or non-finite, first seen),
+        ``still_skipped``.
+        """
+        if not (math.isfinite(lr) and lr > 0):
+            action = "still_skipped" if self.invalid else "skipped"
+            self.invalid = True
+            return action, math.nan, 1.0
+        self.invalid = False
+        if self.last_lr is None:
+            self.last_lr = self.ref_lr = lr
+            return "start", 1.0, 1.0
+        r = lr / self.last_lr
+        self.last_lr = lr
+        if r == 1.0:
+            return "same", r, 1.0
+        if self.mode == "drops":
+            if r > 1.0:
+                return "ignored_increase", r, 1.0
+            if r >= 1.0 - self.threshold:
+                return "ignored", r, 1.0
+            self.target *= r**self.exponent
+        else:
+            assert self.ref_lr is not None
+            self.target = (lr / self.ref_lr) ** self.exponent
+        new = max(self.target, self.floor)
+        factor = new / self.applied
+        self.applied = new
+        return ("rescaled" if factor != 1.0 else "floored"), r, factor
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "last_lr": self.last_lr,
+            "ref_lr": self.ref_lr,
+            "target": self.target,
+            "applied": self.applied,
+            "invalid": self.invalid,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.last_lr = None if state["last_lr"] is None else float(state["last_lr"])
+        self.ref_lr = None if state["ref_lr"] is None else float(state["ref_lr"])
+        self.target = float(state["target"])
+        self.applied = float(state["applied"])
+        self.invalid = bool(state["invalid"])
+
+
+def _check_rule_args(mode: str, threshold: float, floor: float) -> None:
+    """Shared by :class:`Rescaler` and the planner, so both refuse the same bad settings."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be 'drops' or 'continuous', got {mode!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+        raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Units: what is rescaled together, and which running statistics follow
+
+
+@dataclass
+class _Unit:
+    """A scale-invariant vector (one tensor, or a weight and bias invariant jointly) and its norm layers."""
+
+    name: str
+    tensors: list[nn.Parameter]
+    group: int
+    # (norm module with running statistics, the layer's bias that is not rescaled, or None)
+    stats: list[tuple[_NormBase, torch.Tensor | None]] = field(default_factory=list)
+
+
+def _exponent_for(optimizer: torch.optim.Optimizer) -> float:
+    """r^exponent: ¼ for SGD(M) (Thms 1-2: w* ∝ η^¼), ½ for AdamW (Kosson et al. 2024: w* ∝ η^½)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return 0.25
+    if isinstance(optimizer, torch.optim.AdamW):
+        return 0.5
+    if isinstance(optimizer, torch.optim.Adam):
+        if all(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups):
+            return 0.5
+        raise TypeError(
+            "optimizer: Adam with L2 weight decay has no derived equilibrium law; use AdamW "
+            "(or Adam(decoupled_weight_decay=True)) or SGD"
+        )
+    raise TypeError(
+        f"optimizer: {type(optimizer).__name__} has no derived equilibrium law for rescaling; supported are "
+        "torch.optim.SGD (weights × r^¼) and torch.optim.AdamW (weights × r^½)"
+    )
+
+
+def _detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any] | None:
+    """``find_scale_invariant`` results, or None when the model's data flow could not be read at all."""
+    from smdyn.invariance import find_scale_invariant
+
+    if example_batch is not None:
+        return find_scale_invariant(model, example_batch, loss_fn)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = find_scale_invariant(model)
+    if not found and any("cannot trace" in str(w.message) for w in caught):
+        return None
+    for w in caught:  # pass on anything else it had to say
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return found
+
+
+def _stats_for(model: nn.Module, found: Any) -> list[tuple[_NormBase, torch.Tensor | None]]:
+    """The norm layers with running statistics fed by a detected unit, with the layer's unscaled bias."""
+    if found.kind == "weight_norm":
+        return []
+    owner = found.params[0].rpartition(".")[0]
+    layer = model.get_submodule(owner)
+    bias = getattr(layer, "bias", None)
+    bias_name = f"{owner}.bias" if owner else "bias"
+    unscaled = bias if isinstance(bias, torch.Tensor) and bias_name not in found.params else None
+    out = []
+    for norm_name in found.norm.split(","):
+        norm = model.get_submodule(norm_name)
+        if isinstance(norm, _NormBase) and norm.running_var is not None:
+            if unscaled is not None and unscaled.shape != norm.running_mean.shape:
+                raise ValueError(
+                    f"{found.name}: the bias of {owner!r} has shape {tuple(unscaled.shape)} but "
+                    f"{norm_name!r} keeps running statistics of shape {tuple(norm.running_mean.shape)}"
+                )
+            out.append((norm, unscaled))
+    return out
+
+
+def _resolve(
+    optimizer: torch.optim.Optimizer,
+    params: Any,
+    model: nn.Module | None,
+    force: bool,
+    example_batch: Any,
+    loss_fn: Any,
+) -> list[_Unit]:
+    """The units to rescale, checked against detection (unless forced) and against the param groups."""
+    group_of = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = dict(model.named_parameters()) if model is not None else {}
+    name_of = {id(p): n for n, p in named.items()}
+
+    if isinstance(params, str):
+        if params != "auto":
+            raise ValueError(f"params must be 'auto', (name, parameter) pairs or names, got {params!r}")
+        if model is None:
+            raise ValueError("params='auto' needs model: it finds the scale-invariant weights in it")
+        found = _detect(model, example_batch, loss_fn)
+        if found is None:
+            raise ValueError(
+                "params='auto': torch.fx cannot trace the model; pass example_batch so that the data flow "
+                "is read from one forward pass, or pass params explicitly with force=True"
+            )
+        units = []
+        for f in found:
+            groups = {group_of.get(id(named[n])) for n in f.params}
+            if groups == {None}:
+                continue  # trained by another optimizer
+            if None in groups or len(groups) > 1:
+                warnings.warn(
+                    f"{f.name}: its tensors are not all in one param group of this optimizer; it is not "
+                    "rescaled (a group's lr change would rescale only part of it)",
+                    stacklevel=3,
+                )
+                continue
+            units.append(_Unit(f.name, [named[n] for n in f.params], groups.pop(), _stats_for(model, f)))
+        if not units:
+            raise ValueError(
+                "params='auto' found no scale-invariant weight trained by this optimizer (no conv/linear "
+                "feeding a normalization layer); pass params explicitly"
+            )
+        return units
+
+    items = list(params) if isinstance(params, Iterable) else None
+    if not items:
+        raise ValueError("params must be 'auto' or a non-empty iterable of names or (name, parameter) pairs")
+    given: list[tuple[str, list[nn.Parameter]]] = []
+    for item in items:
+        if isinstance(item, str):
+            if model is None:
+                raise ValueError(f"params: the name {item!r} needs model to be resolved")
+            missing = [n for n in item.split("+") if n not in named]
+            if missing:
+                raise ValueError(f"params: {missing[0]!r} is not a parameter of the model")
+            given.append((item, [named[n] for n in item.split("+")]))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
+            if model is not None and id(item[1]) not in name_of:
+                raise ValueError(f"params: parameter {item[0]!r} does not belong to the model")
+            given.append((str(item[0]), [item[1]]))
+        else:
+            raise TypeError(f"params: expected a name or a (name, parameter) pair, got {item!r}")
+    ids = [id(t) for _, ts in given for t in ts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("params: a parameter is listed twice")
+
+    if model is None:
+        if not force:
+            raise ValueError(
+                "model is needed to check that the parameters are scale-invariant and to find the "
+                "BatchNorm layers whose running statistics must follow; pass model=..., or force=True to "
+                "rescale the weights alone"
+            )
+        warnings.warn(
+            "Rescaler without model: scale invariance is not checked and no running statistics follow the "
+            "rescale (evaluation right after a rescale is wrong if a BatchNorm follows these weights)",
+            stacklevel=3,
+        )
+        return [_Unit(n, ts, _group(n, ts, group_of)) for n, ts in given]
+
+    found = _detect(model, example_batch, loss_fn)
+    if found is None and not force:
+        raise ValueError(
+            "cannot check scale invariance: torch.fx cannot trace the model; pass example_batch, or "
+            "force=True to rescale without the check"
+        )
+    by_tensor = {id(named[n]): f for f in found or [] for n in f.params}
+    units: list[_Unit] = []
+    done: set[str] = set()
+    given_ids = set(ids)
+    for label, tensors in given:
+        fs = {by_tensor[id(t)].name: by_tensor[id(t)] for t in tensors if id(t) in by_tensor}
+        unknown = [name_of[id(t)] for t in tensors if id(t) not in by_tensor]
+        partial = [f for f in fs.values() if not all(id(named[n]) in given_ids for n in f.params)]
+        if unknown or partial:
+            if unknown:
+                why = f"{unknown[0]!r} is not scale-invariant according to smdyn.find_scale_invariant"
+            else:
+                why = f"{partial[0].name!r} is scale-invariant only jointly: list all of its tensors"
+            if not force:
+                raise ValueError(f"params: {why}; pass force=True to rescale it anyway")
+            warnings.warn(f"params: {why}; rescaled anyway (force=True)", stacklevel=3)
+            units.append(_Unit(label, tensors, _group(label, tensors, group_of)))
+            continue
+        for f in fs.values():
+            if f.name not in done:
+                done.add(f.name)
+                ts = [named[n] for n in f.params]
+                units.append(_Unit(f.name, ts, _group(f.name, ts, group_of), _stats_for(model, f)))
+    return units
+
+
+def _group(name: str, tensors: list[nn.Parameter], group_of: dict[int, int]) -> int:
+    groups = {group_of.get(id(t)) for t in tensors}
+    if None in groups:
+        raise ValueError(f"params: {name!r} is not in the optimizer's param groups")
+    if len(groups) > 1:
+        raise ValueError(
+            f"params: the tensors of {name!r} are in different param groups; they must share one (a group's "
+            "lr change rescales its tensors, and the unit is scale-invariant only as a whole)"
+        )
+    return groups.pop()
+
+
+# --------------------------------------------------------------------------------------------------
+# The public class
+
+
+class Rescaler:
+    """Multiply scale-invariant weights by r^¼ whenever their param group's lr changes by r (Sec 4.2).
+
+    Attach it and train as usual: it watches ``param_group["lr"]`` from an optimizer step pre-hook, so any
+    ``torch.optim.lr_scheduler`` (MultiStepLR, StepLR, LambdaLR, CosineAnnealingLR, OneCycleLR,
+    SequentialLR, ReduceLROnPlateau, ...) and manual edits of the lr are followed. The lr when it is built is
+    the reference: build it after the scheduler (which sets its first lr when built) and after loading a
+    checkpoint's optimizer and scheduler state (or load the Rescaler's own state too), else the difference
+    counts as a change at the first step. See the module docstring
+    for what a rescale does to the gradient, the BatchNorm running statistics and the optimizer state, and
+    for the measurements behind each choice.
+
+    Args:
+        optimizer: ``torch.optim.SGD`` (factor r^¼) or ``torch.optim.AdamW`` (factor r^½).
+        params: ``"auto"`` (needs ``model``; uses :func:`smdyn.find_scale_invariant`), an iterable of names
+            resolved against ``model`` (``"fc.weight+fc.bias"`` for a jointly invariant pair), or of
+            ``(name, parameter)`` pairs.
+        model: the model; needed for ``"auto"`` and names, to check invariance and to find the norm layers
+            whose running statistics follow the weights.
+        mode: ``"drops"`` (rescale at decreases by more than ``threshold`` between two steps; the paper's
+            rule) or ``"continuous"`` (at every change).
+        threshold: relative decrease that counts as a drop in ``"drops"`` mode: lr_new < (1 − threshold)·lr.
+        floor: lower bound on the cumulative weight factor since the Rescaler was attached, in both modes
+            (0.1: norms never fall below a tenth of their value then; that is lr/lr₀ = 1e-4 for SGD).
+        momentum: what happens to the optimizer's momentum state: ``"split"`` (default: tangential part of
+            the SGD buffer ÷ c, radial part × c), ``"scale"`` (whole SGD buffer ÷ c) or ``"keep"``. For AdamW
+            ``"split"`` and ``"scale"`` both divide ``exp_avg`` by c and ``exp_avg_sq`` by c².
+        force: rescale parameters that detection does not show to be scale-invariant (or without a model).
+        example_batch: one input batch for :func:`smdyn.find_scale_invariant` (its numerical probe, and the
+            data flow of models torch.fx cannot trace).
+        loss_fn: maps the model output to a scalar loss for that probe.
+        hook: register the optimizer step pre-hook. ``False`` for frameworks that run backward inside
+            ``optimizer.step(closure)``: then call :meth:`before_step` between backward and the step.
+
+    Attributes:
+        events: one dict per logged event: ``step``, ``group``, ``lr_before``, ``lr_after``, ``r``,
+            ``factor`` (applied to the weights now), ``cumulative``, ``action`` (``rescaled``, ``floored``,
+            ``ignored_increase`` — consecutive steps merged, ``last_step`` is the last — or ``skipped``).
+        step: optimizer steps seen.
+
+    Raises:
+        TypeError: unsupported optimizer, or a malformed ``params`` entry.
+        ValueError: bad settings, a parameter detection refutes (without ``force``), or one outside the
+            optimizer.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: str | Iterable[Any] = "auto",
+        model: nn.Module | None = None,
+        *,
+        mode: Literal["drops", "continuous"] = "drops",
+        threshold: float = 0.2,
+        floor: float = 0.1,
+        momentum: Literal["split", "scale", "keep"] = "split",
+        force: bool = False,
+        example_batch: Any = None,
+        loss_fn: Any = None,
+        hook: bool = True,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        _check_rule_args(mode, threshold, floor)
+        if momentum not in _MOMENTUM:
+            raise ValueError(f"momentum must be one of {_MOMENTUM}, got {momentum!r}")
+        self.optimizer = optimizer
+        self.mode = mode
+        self.momentum = momentum
+        self.exponent = _exponent_for(optimizer)
+        self._adam = self.exponent == 0.5
+        self._units = _resolve(optimizer, params, model, force, example_batch, loss_fn)
+        self._by_group: dict[int, list[_Unit]] = {}
+        for u in self._units:
+            self._by_group.setdefault(u.group, []).append(u)
+        self._rules = {
+            gi: _LrRule(mode, float(threshold), float(floor), self.exponent) for gi in self._by_group
+        }
+        for gi in self._by_group:
+            if float(optimizer.param_groups[gi].get("weight_decay", 0.0)) == 0.0:
+                warnings.warn(
+                    f"param group {gi} has weight_decay 0: there is no equilibrium to keep, so a rescale "
+                    "only changes the effective learning rate η/‖w‖²",
+                    stacklevel=2,
+                )
+        if mode == "continuous" and any(t.element_size() < 4 for u in self._units for t in u.tensors):
+            warnings.warn(
+                "continuous mode rescales every step: in 16-bit weights each rescale rounds every element "
+                "(~2^-9 relative for bfloat16), a direction change comparable to the angular update itself",
+                stacklevel=2,
+            )
+        self.events: list[dict[str, Any]] = []
+        self.step = 0
+        self._observe()  # the lr at attach time is the reference: later changes are followed
+        self._closed = False
+        self._handle = None
+        if hook:
+            self._handle = optimizer.register_step_pre_hook(self._pre_hook)
+            # Run before every other per-optimizer pre-hook (a monitor's measurement), whatever the order.
+            optimizer._optimizer_step_pre_hooks.move_to_end(self._handle.id, last=False)
+
+    # ------------------------------------------------------------------ the step
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the rescaled units, in order."""
+        return [u.name for u in self._units]
+
+    def cumulative_factor(self, group: int = 0) -> float:
+        """The product of the factors applied to ``group``'s weights since the Rescaler was attached."""
+        if group not in self._rules:
+            raise ValueError(f"group {group} holds no rescaled parameter; groups: {sorted(self._rules)}")
+        return self._rules[group].applied
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.before_step()
+
+    def before_step(self) -> None:
+        """Compare each group's lr with the previous step's and rescale where the rule says so.
+
+        Called by the pre-hook; call it yourself (between backward and ``optimizer.step()``) only when the
+        Rescaler was built with ``hook=False``.
+        """
+        if self._closed:
+            return
+        self._observe()
+        self.step += 1
+
+    def _observe(self) -> None:
+        for gi, units in self._by_group.items():
+            raw = self.optimizer.param_groups[gi]["lr"]
+            lr = float(raw)
+            rule = self._rules[gi]
+            before = rule.last_lr
+            action, r, factor = rule.observe(lr)
+            if action == "skipped":
+                warnings.warn(
+                    f"smdyn Rescaler: group {gi} has lr {lr!r} at step {self.step}; skipped (the next "
+                    f"valid lr is compared with {before!r})",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            if action in ("rescaled", "floored", "ignored_increase", "skipped"):
+                self._event(gi, action, before, lr, r, factor, rule.applied)
+            if factor != 1.0:
+                self._rescale(units, factor)
+
+    def _event(
+        self, gi: int, action: str, before: float | None, lr: float, r: float, factor: float, cum: float
+    ) -> None:
+        last = next((e for e in reversed(self.events) if e["group"] == gi), None)
+        if (
+            action == "ignored_increase"
+            and last is not None
+            and last["action"] == action
+            and last["last_step"] == self.step - 1
+        ):
+            last.update(lr_after=lr, r=lr / last["lr_before"], last_step=self.step)
+            return
+        event = {
+            "step": self.step,
+            "group": gi,
+            "lr_before": math.nan if before is None else before,
+            "lr_after": lr,
+            "r": r,
+            "factor": factor,
+            "cumulative": cum,
+            "action": action,
+            "last_step": self.step,
+        }
+        self.events.append(event)
+        if action == "rescaled":
+            _log.info(
+                "smdyn: step %d group %d lr %.4g -> %.4g: scale-invariant weights × %.6g (cumulative %.6g)",
+                self.step,
+                gi,
+                event["lr_before"],
+                lr,
+                factor,
+                cum,
+            )
+        elif action != "skipped":
+            _log.info(
+                "smdyn: step %d group %d lr %.4g -> %.4g: %s", self.step, gi, event["lr_before"], lr, action
+            )
+
+    @torch.no_grad()
+    def _rescale(self, units: list[_Unit], c: float) -> None:
+        """w ← c·w, g ← g/c (Lemma 1, Eq 4), optimizer state and running statistics to match."""
+        for u in units:
+            self._rescale_state(u, c)
+            for p in u.tensors:
+                p.mul_(c)
+                if p.grad is not None:
+                    p.grad.div_(c)
+            for norm, bias in u.stats:
+                norm.running_var.mul_(c * c)
+                if bias is None:
+                    norm.running_mean.mul_(c)
+                else:  # y = W·x + b → c·W·x + b
+                    b = bias.detach().to(norm.running_mean.dtype)
+                    norm.running_mean.sub_(b).mul_(c).add_(b)
+
+    def _rescale_state(self, u: _Unit, c: float) -> None:
+        """Optimizer state for weights c·w; called while the weights still hold w."""
+        if self.momentum == "keep":
+            return
+        state = self.optimizer.state
+        if self._adam:
+            for p in u.tensors:
+                s = state.get(p, {})
+                for key, power in (("exp_avg", 1), ("exp_avg_sq", 2), ("max_exp_avg_sq", 2)):
+                    if isinstance(s.get(key), torch.Tensor):
+                        s[key].div_(c**power)
+            return
+        bufs = [state.get(p, {}).get("momentum_buffer") for p in u.tensors]
+        if all(b is None for b in bufs):
+            return
+        if self.momentum == "scale":
+            for b in bufs:
+                if b is not None:
+                    b.div_(c)
+            return
+        # split: v = v_t + μ·w with μ = ⟨v, w⟩/‖w‖² over the unit's whole vector; v_t/c + c·μ·w.
+        ww = sum(geometry.sq_norm(p.detach()) for p in u.tensors)
+        wv = sum(geometry.dot(p.detach(), b) for p, b in zip(u.tensors, bufs, strict=True) if b is not None)
+        mu = torch.where(ww > 0, wv / ww, torch.zeros_like(ww)) * (c - 1.0 / c)
+        for p, b in zip(u.tensors, bufs, strict=True):
+            if b is not None:
+                b.div_(c).add_(p.detach() * mu.to(b.dtype))
+
+    # ------------------------------------------------------------------ persistence and life cycle
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: the step count, each group's rule state and the events.
+
+        Plain Python values only, so it loads with ``torch.load(..., weights_only=True)``.
+        """
+        return {
+            "mode": self.mode,
+            "exponent": self.exponent,
+            "step": self.step,
+            "units": self.names,
+            "groups": {gi: rule.state() for gi, rule in self._rules.items()},
+            "events": [dict(e) for e in self.events],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the rescaled units and their groups must be the same."""
+        if list(state["units"]) != self.names:
+            raise ValueError(
+                f"state is for parameters {list(state['units'])}, this Rescaler has {self.names}"
+            )
+        groups = {int(k): v for k, v in state["groups"].items()}
+        if set(groups) != set(self._rules):
+            raise ValueError(
+                f"state is for param groups {sorted(groups)}, this Rescaler has {sorted(self._rules)}"
+            )
+        if state["mode"] != self.mode or float(state["exponent"]) != self.exponent:
+            raise ValueError(
+                f"state was saved in mode {state['mode']!r} with exponent {state['exponent']}; this Rescaler "
+                f"has {self.mode!r} and {self.exponent}"
+            )
+        for gi, rule in self._rules.items():
+            rule.load(groups[gi])
+        self.step = int(state["step"])
+        self.events = [dict(e) for e in state["events"]]
+
+    def close(self) -> None:
+        """Remove the hook; later lr changes are not followed. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._handle is not None:
+            self._handle.remove()
+
+    def __enter__(self) -> Rescaler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,319 @@
+"""The planner against a brute-force vector model, an independent scalar recurrence and Corollary 3.1."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import math
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from smdyn import geometry, theory
+from smdyn.plan import add_plan_arguments, plan, plan_main, run_plan
+from smdyn.rescale import Rescaler
+
+# The module itself: ``smdyn.plan`` may name the function once the package exports it.
+_PLAN_MODULE = importlib.import_module("smdyn.plan")
+
+
+def _eq_delta(lr: float, wd: float, a: float) -> float:
+    """Δ at the fixed point of the noiseless model: cos Δ = 1 − λη/(1+α)."""
+    u = wd * lr / (1 + a)
+    return math.atan2(math.sqrt(u * (2 - u)), 1 - u)
+
+
+def _vector_model(
+    lrs: np.ndarray,
+    wd: float,
+    a: float,
+    start: tuple[float, float, float],
+    ell: Callable[[int], float] = lambda t: 1.0,
+    rescale: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch.optim.SGD on one float64 vector; each gradient is a fresh axis, ⟂ to w and the buffer, with
+    ‖g‖² = L/‖w‖² (isotropic gradients in the limit of many dimensions). Returns Δ_t and ‖w_t‖ (before the
+    step, after any rescale).
+    """
+    x, y, z = start
+    dim = len(lrs) + 2
+    w = torch.zeros(dim, dtype=torch.float64)
+    w[0] = math.sqrt(x)
+    p = nn.Parameter(w)
+    opt = torch.optim.SGD([p], lr=float(lrs[0]), momentum=a, weight_decay=wd)
+    if a > 0 and y > 0:
+        v = torch.zeros(dim, dtype=torch.float64)
+        v[0], v[1] = z / math.sqrt(x), math.sqrt(max(y - z * z / x, 0.0))
+        opt.state[p]["momentum_buffer"] = v
+    if rescale is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            Rescaler(opt, [("w", p)], force=True, **rescale)
+    deltas, norms = [], []
+    seen: list[float] = []
+    opt.register_step_pre_hook(lambda o, args, kw: seen.append(float(p.detach().norm())))  # after rescale
+    for t, lr in enumerate(lrs):
+        opt.param_groups[0]["lr"] = float(lr)
+        g = torch.zeros(dim, dtype=torch.float64)
+        g[t + 2] = math.sqrt(ell(t)) / float(p.detach().norm())
+        p.grad = g
+        before = p.detach().clone()
+        opt.step()
+        deltas.append(float(geometry.angle(before, p.detach())))
+        norms.append(seen[-1])
+    return np.array(deltas), np.array(norms)
+
+
+def _fixed_point(L: float, lr: float, wd: float, a: float) -> tuple[float, float, float]:
+    """Equilibrium (‖w‖², ‖v‖², ⟨w, v⟩) of the model, from Thm 2's norm and the stationarity conditions."""
+    x = float(theory.weight_norm(L, lr, wd, a)) ** 2
+    wv = wd * x / (1 + a)
+    return x, 2 * wv / lr, -wv
+
+
+# ------------------------------------------------------------------------- against brute force
+
+
+@pytest.mark.parametrize(("a", "wd"), [(0.9, 1e-2), (0.0, 5e-2)])
+@pytest.mark.parametrize("mode", ["drops", "continuous"])
+def test_matches_the_vector_model_with_and_without_the_rescaler(a: float, wd: float, mode: str) -> None:
+    lr, steps = 0.1, 150
+    sched = [(40, 0.01), (80, 0.03), (100, 0.001), (101, 0.0009)]  # drop, rise, drop, small step
+    result = plan(sched, lr, wd, a, steps=steps, rescale="both", mode=mode)
+    lrs = result.lr
+    start = _fixed_point(1.0, lr, wd, a)
+    for variant, rescale in (("none", None), ("rescaled", {"mode": mode})):
+        deltas, norms = _vector_model(lrs, wd, a, start, rescale=rescale)
+        run = result.runs[variant]
+        np.testing.assert_allclose(run["angular_update"], deltas, rtol=1e-9)
+        np.testing.assert_allclose(run["weight_norm"], norms, rtol=1e-12)
+    # The start is the equilibrium: Δ constant at its exact value through the first stage.
+    np.testing.assert_allclose(result.runs["none"]["angular_update"][:40], _eq_delta(lr, wd, a), rtol=1e-10)
+
+
+def test_matches_the_vector_model_from_a_fresh_start_with_a_varying_L() -> None:
+    lr, wd, a = 0.1, 1e-2, 0.9
+
+    def ell(t: int) -> float:
+        return 1.0 + 0.5 * math.sin(t / 7)
+
+    result = plan([(50, 0.02)], lr, wd, a, L=ell, steps=120, w0=2.0, rescale="both")
+    for variant, rescale in (("none", None), ("rescaled", {})):
+        deltas, norms = _vector_model(result.lr, wd, a, (4.0, 0.0, 0.0), ell=ell, rescale=rescale)
+        np.testing.assert_allclose(result.runs[variant]["angular_update"], deltas, rtol=1e-9)
+        np.testing.assert_allclose(result.runs[variant]["weight_norm"], norms, rtol=1e-12)
+    assert result.settings["L_varies"]
+    np.testing.assert_allclose(result.L, [ell(t) for t in range(120)])
+    np.testing.assert_allclose(result.theory_weight_norm, theory.weight_norm(result.L, result.lr, wd, a))
+
+
+@pytest.mark.parametrize("a", [0.0, 0.9])
+def test_matches_the_simulator(a: float) -> None:
+    """smdyn.simulate's reduced engine (noise-free, from equilibrium), with and without Sec 4.2 rescaling."""
+    from smdyn.simulation import simulate
+
+    lr, wd, steps = 0.1, 5e-3, 400
+    result = plan([(100, 0.01), (250, 0.001)], lr, wd, a, steps=steps)
+    for variant, rescale in (("none", False), ("rescaled", True)):
+        sim = simulate(lr, wd, a, steps=steps, trajectories=1, L=1.0, V=0.0, schedule=result.lr / lr,
+                       rescale=rescale, init_norm="equilibrium", engine="reduced")  # fmt: skip
+        run = result.runs[variant]
+        np.testing.assert_allclose(run["angular_update"], sim.angular_update[:, 0], rtol=1e-9)
+        np.testing.assert_allclose(run["weight_norm"] ** 2, sim.weight_norm_sq[:, 0], rtol=1e-9)
+
+
+# ------------------------------------------------------------------------------ lags and verdicts
+
+
+def _scalar_lags(lr_old: float, lr_new: float, wd: float, a: float, rescale: bool) -> list[int]:
+    """Independent loop: Gram recurrence from the old equilibrium, lr held at lr_new, lag per tolerance."""
+    L = 1.0
+    x = math.sqrt(L * lr_old / (wd * (1 - a) * (2 - wd * lr_old / (1 + a))))
+    wv0 = wd * x / (1 + a)
+    y, z = 2 * wv0 / lr_old, -wv0
+    if rescale:
+        c = (lr_new / lr_old) ** 0.25
+        tangential = y - z * z / x
+        y, z, x = tangential / c**2 + c**2 * z * z / x, c**2 * z, c**2 * x
+    ref = _eq_delta(lr_new, wd, a)
+    errs = []
+    for _ in range(200_000):
+        wv = a * z + wd * x
+        vv = a * a * y + L / x + wd * wd * x + 2 * a * wd * z
+        d = math.atan2(lr_new * math.sqrt(vv - wv * wv / x), math.sqrt(x) - lr_new * wv / math.sqrt(x))
+        errs.append(abs(d / ref - 1))
+        x, y, z = x - 2 * lr_new * wv + lr_new**2 * vv, vv, wv - lr_new * vv
+        if len(errs) > 2000 and max(errs[-2000:]) < 1e-4:
+            break
+    e = np.array(errs)
+    return [int(np.flatnonzero(e > tol)[-1] + 1) if np.any(e > tol) else 0 for tol in (0.10, 0.05, 0.01)]
+
+
+@pytest.mark.parametrize(("a", "lr", "wd"), [(0.0, 0.1, 0.1), (0.9, 0.1, 0.01)])
+@pytest.mark.parametrize("stage", [300, 3000])  # shorter than the lag (held continuation) and longer
+def test_lags_match_an_independent_recurrence_and_corollary_3_1(
+    a: float, lr: float, wd: float, stage: int
+) -> None:
+    k = 10.0
+    result = plan([(100, lr / k)], lr, wd, a, steps=100 + stage, rescale="both")
+    rows = {r["variant"]: r for r in result.table() if r["stage"] == 1}
+    none, resc = rows["none"], rows["rescaled"]
+    want = _scalar_lags(lr, lr / k, wd, a, rescale=False)
+    assert [none["lag_10"], none["lag_5"], none["lag_1"]] == want
+    cor = theory.steps_to_new_equilibrium(k, lr / k, wd, a)
+    assert none["corollary_3_1"] == cor
+    print(f"α={a}: lag 10/5/1% = {want}, Corollary 3.1 = {cor}, ratio 5%: {want[1] / cor:.2f}")
+    assert 0.5 <= none["lag_5"] / cor <= 1.2 and 0.5 <= none["lag_10"] / cor <= 1.2
+    assert none["ratio_at_start"] == pytest.approx(k**-0.5, rel=0.01)
+    assert none["in_equilibrium"] == ("yes" if none["lag_5"] <= stage else "no")
+    assert none["in_equilibrium"] == ("no" if stage == 300 else "yes")
+    # Rescaled as the Rescaler does: at the new equilibrium at once.
+    assert [resc["lag_10"], resc["lag_5"], resc["lag_1"]] == [0, 0, 0]
+    assert _scalar_lags(lr, lr / k, wd, a, rescale=True) == [0, 0, 0]
+    # k^-¼ is exact to first order in λη: the exact fixed point has w*⁴ ∝ η/(2 − λη/(1+α)) (Thm 2).
+    assert resc["ratio_at_start"] == pytest.approx(1.0, abs=3e-3)
+    assert resc["in_equilibrium"] == "yes"
+    assert resc["mean_abs_deviation"] < 3e-3 < none["mean_abs_deviation"]
+
+
+def test_first_stage_from_a_fresh_start_and_never_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = plan(None, 0.1, 1e-3, 0.9, steps=200, w0=10.0, rescale=False)
+    (row,) = result.table()
+    assert row["stage"] == 0 and math.isnan(row["k"]) and math.isnan(row["corollary_3_1"])
+    assert row["lag_5"] > 200 and row["in_equilibrium"] == "no"
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 20_000)  # the search past a stage's end
+    capped = plan(None, 1e-3, 1e-4, 0.0, steps=10, w0=10.0, rescale=False)  # needs ~2e7 steps (λη = 1e-7)
+    (row,) = capped.table()
+    assert row["lag_1"] == math.inf and row["lag_search"] == 10 + 20_000 and row["in_equilibrium"] == "no"
+    assert ">20010" in capped.to_string()
+
+
+def test_continuous_mode_keeps_a_cosine_schedule_on_the_equilibrium() -> None:
+    """The generalisation of Sec 4.2: rescale by (lr_t/lr_{t−1})^¼ every step, until the floor binds."""
+    steps, lr, wd, a = 3000, 0.1, 1e-3, 0.9
+    cosine = {"name": "CosineAnnealingLR", "T_max": steps, "eta_min": lr * 1e-5}
+    result = plan(cosine, lr, wd, a, steps=steps, mode="continuous", floor=0.1)
+    assert len(result.table()) == 2  # one stage: no step changes lr by more than the threshold
+    dev = {v: run["angular_update"] / result.theory_angular_update - 1 for v, run in result.runs.items()}
+    print({v: (round(float(np.abs(d[:2700]).mean()), 4), round(float(d[2700]), 3)) for v, d in dev.items()})
+    assert np.abs(dev["rescaled"][:2700]).max() < 1e-3
+    assert np.abs(dev["none"][:2700]).mean() > 0.15 and dev["none"][2700] < -0.7  # lags far behind
+    fac = np.cumprod(result.runs["rescaled"]["factor"])
+    want = np.maximum((result.lr / lr) ** 0.25, 0.1)
+    np.testing.assert_allclose(fac, want, rtol=1e-9)
+    # The floor binds in the last steps (lr/lr₀ < 1e-4): there the norm stops following and Δ falls behind.
+    floored = want == 0.1
+    assert 0 < floored.sum() < 100
+    assert np.abs(dev["rescaled"][floored]).max() > 0.3
+
+
+# --------------------------------------------------------------------------------- schedules
+
+
+def test_schedule_forms_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)  # lags past the stages are not what this is about
+    steps, lr = 50, 0.2
+    expected = np.where(np.arange(steps) >= 20, lr * 0.1, lr)
+    expected[35:] = lr * 0.01
+    forms = [
+        lambda t: 0.1 ** sum(t >= m for m in (20, 35)),
+        [(20, lr * 0.1), (35, lr * 0.01)],
+        {"name": "MultiStepLR", "milestones": [20, 35], "gamma": 0.1},
+    ]
+    for form in forms:
+        np.testing.assert_allclose(plan(form, lr, 1e-3, steps=steps, rescale=False).lr, expected, rtol=1e-12)
+    np.testing.assert_array_equal(plan(None, lr, 1e-3, steps=steps, rescale=False).lr, np.full(steps, lr))
+    cos = plan({"name": "CosineAnnealingLR", "T_max": steps, "eta_min": 1e-4}, lr, 1e-3, steps=steps).lr
+    t = np.arange(steps)
+    np.testing.assert_allclose(cos, 1e-4 + (lr - 1e-4) * (1 + np.cos(np.pi * t / steps)) / 2, rtol=1e-9)
+
+
+def test_bad_arguments() -> None:
+    ok = {"lr": 0.1, "wd": 1e-3, "steps": 10}
+    cases = [
+        ({"lr": 0.0}, "lr"),
+        ({"lr": math.nan}, "lr"),
+        ({"wd": 0.0}, "wd"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"momentum": -0.1}, "momentum"),
+        ({"steps": 0}, "steps"),
+        ({"steps": None}, "steps"),
+        ({"rescale": "maybe"}, "rescale"),
+        ({"tol": 0.02}, "tol"),
+        ({"mode": "smooth"}, "mode"),
+        ({"threshold": 1.0}, "threshold"),
+        ({"floor": 2.0}, "floor"),
+        ({"L": -1.0}, "L"),
+        ({"L": lambda t: 0.0}, "L"),
+        ({"w0": 0.0}, "w0"),
+        ({"lr": 1.0, "wd": 3.0}, "lr \\* wd"),
+    ]
+    for change, match in cases:
+        with pytest.raises(ValueError, match=match):
+            plan(None, **{**ok, **change})
+    with pytest.raises(ValueError, match="at step 5"):
+        plan(lambda t: 0.0 if t == 5 else 1.0, **ok)
+    with pytest.raises(ValueError, match="increasing"):
+        plan([(5, 0.01), (3, 0.001)], **ok)
+    with pytest.raises(ValueError, match="name"):
+        plan({"name": "Nope"}, **ok)
+    with pytest.raises(ValueError, match="MultiStepLR"):
+        plan({"name": "MultiStepLR", "bad": 1}, **ok)
+    with pytest.raises(ValueError, match="metric"):
+        plan({"name": "ReduceLROnPlateau"}, **ok)
+    with pytest.raises(TypeError, match="schedule"):
+        plan(5, **ok)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pairs"):
+        plan([0.1, 0.01], **ok)  # type: ignore[list-item]
+
+
+# ----------------------------------------------------------------------------- output and CLI
+
+
+def test_table_string_and_plot(tmp_path) -> None:
+    result = plan([(100, 0.01)], 0.1, 5e-3, 0.9, steps=300)
+    rows = result.table()
+    assert [(r["stage"], r["variant"]) for r in rows] == [
+        (0, "none"),
+        (0, "rescaled"),
+        (1, "none"),
+        (1, "rescaled"),
+    ]
+    rows[0]["lag_5"] = -1  # a copy: the result is not changed through it
+    assert result.table()[0]["lag_5"] == 0
+    text = str(result)
+    assert "in equilibrium before next change" in text and "rescaled" in text
+    png = result.plot(tmp_path / "sub" / "plan.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli(tmp_path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    out = tmp_path / "run"
+    argv = ["--lr", "0.1", "--wd", "5e-3", "--momentum", "0.9", "--milestones", "300", "600"]
+    assert plan_main([*argv, "--steps", "900", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Cor 3.1" in printed and str(out) in printed
+    with open(out / "stages.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and rows[2]["variant"] == "none" and rows[2]["in_equilibrium"] == "no"
+    with open(out / "series.csv") as f:
+        series = list(csv.DictReader(f))
+    assert len(series) == 900 and float(series[300]["lr"]) == pytest.approx(0.01)
+    assert (out / "plan.png").stat().st_size > 1000
+    assert 'rescale = "both"' in (out / "config.toml").read_text()
+    # As a subcommand of another parser.
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    add_plan_arguments(sub.add_parser("plan"))
+    args = parser.parse_args(
+        ["plan", *argv, "--steps", "900", "--cosine", "--warmup", "50", "--out", str(out)]
+    )
+    assert run_plan(args) == 0
+    assert plan_main(["--lr", "0.1", "--wd", "0", "--steps", "10", "--out", str(out)]) == 2
+    assert "wd must be" in capsys.readouterr().err
