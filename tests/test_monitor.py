@@ -381,3 +381,26 @@ def test_continuous_schedule_restarts_the_window_only_after_a_5_percent_move() -
     assert h["angular_update_rms"][7] == pytest.approx(math.sqrt(np.mean(d[6:8] ** 2)), rel=1e-12)
     assert [e["step"] for e in mon.events] == [6]
     assert mon.summary()[0]["step"] == 7
+
+
+def test_step_with_closure_measures_after_the_closure_computed_the_gradients() -> None:
+    """Lightning-style ``optimizer.step(closure)``: forward and backward run inside the step."""
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    mon = SphericalMonitor(model, opt, params=["conv.weight"])
+    angles = []
+    for x, y in _batches(4):
+
+        def closure(x=x, y=y) -> torch.Tensor:
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        before = _vec(model, "conv.weight")
+        opt.step(closure)
+        angles.append(_angle64(before, _vec(model, "conv.weight")))
+    h = mon.history()
+    mon.close()
+    np.testing.assert_allclose(h["angular_update"], angles, rtol=1e-4)

@@ -306,7 +306,28 @@ class SphericalMonitor:
         every = self.every
         return every(step) if callable(every) else step % every == 0
 
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        """Measure before the step, or, when ``step(closure)`` computes the gradients, right after the closure.
+
+        Frameworks such as Lightning run forward and backward inside ``optimizer.step(closure)``, after the
+        pre-hooks: the gradients are only there once the closure has run, so the closure is wrapped instead.
+        """
+        # torch passes the step's own arguments: (optimizer, closure?) and kwargs
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._before_step()
+            return None
+
+        def measured_closure() -> Any:
+            loss = closure()
+            self._before_step()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measured_closure}
+        return (args[0], measured_closure, *args[2:]), kwargs
+
+    def _before_step(self) -> None:
         if self._capture is not None:
             try:
                 self._resolve_late()
