@@ -307,7 +307,7 @@ class SphericalMonitor:
         return every(step) if callable(every) else step % every == 0
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
-        """Measure before the step, or, when ``step(closure)`` computes the gradients, right after the closure.
+        """Measure before the step or, when ``step(closure)`` computes the gradients, right after the closure.
 
         Frameworks such as Lightning run forward and backward inside ``optimizer.step(closure)``, after the
         pre-hooks: the gradients are only there once the closure has run, so the closure is wrapped instead.
