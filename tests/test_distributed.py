@@ -93,6 +93,9 @@ def _worker(rank: int, port: int, mode: str, kind: str, out: str) -> None:
 def _run(rank: int, mode: str, kind: str, out: Path) -> None:
     torch.manual_seed(0)
     model = _Net()
+    if mode == "fsdp_rescale":
+        _run_rescale(rank, out, sharded=True)
+        return
     if mode in ("fsdp", "fsdp_mismatch", "fsdp_partial"):
         from torch.distributed.fsdp import fully_shard
 
@@ -138,6 +141,37 @@ def _run(rank: int, mode: str, kind: str, out: Path) -> None:
     mon.close()
     np.savez(out / f"history{rank}.npz", **{k: v for k, v in h.items() if v.dtype != object})
     (out / f"calls{rank}.txt").write_text(str(calls["all_reduce"]))
+
+
+def _run_rescale(rank: int, out: Path, sharded: bool) -> None:
+    """SGDM with an LR drop by 10 at step 3 and the Rescaler; returns the final full weights."""
+    from smdyn import Rescaler
+
+    torch.manual_seed(0)
+    model = _Net()
+    if sharded:
+        from torch.distributed.fsdp import fully_shard
+
+        for m in (model.fc1, model.fc2, model.conv):
+            fully_shard(m)
+        fully_shard(model)
+    opt = _optimizer(model.parameters(), "sgdm")
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[3], gamma=0.1)
+    rescaler = Rescaler(opt, params=_PARAMS, model=model, force=True)
+    world = WORLD if sharded else 1
+    for x, y in _data():
+        xs, ys = x.chunk(world)[rank], y.chunk(world)[rank]
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xs), ys).backward()
+        opt.step()
+        sched.step()
+    rescaler.close()
+    full = {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach() for n, p in model.named_parameters()
+    }
+    full["rescales"] = torch.tensor(sum(e["action"] == "rescaled" for e in rescaler.events))
+    if rank == 0:
+        torch.save(full, out / "rescaled_weights.pt")
 
 
 def _spawn(mode: str, kind: str, tmp: Path, expect_ok: bool = True) -> None:
@@ -189,3 +223,14 @@ def test_killed_rank_leaves_rank0_flushed_rows_readable(tmp_path: Path) -> None:
     rows = read_metrics(tmp_path / "metrics0.csv")
     assert len(rows["step"]) >= 2 * len(_PARAMS)  # the flush after steps 0-1 at least
     assert np.isfinite(rows["angular_update"]).all()
+
+
+def test_rescaler_scales_fsdp_shards_like_one_process(tmp_path: Path) -> None:
+    _spawn("fsdp_rescale", "sgdm", tmp_path)
+    sharded = torch.load(tmp_path / "rescaled_weights.pt", weights_only=True)
+    (tmp_path / "single").mkdir()
+    _run_rescale(0, tmp_path / "single", sharded=False)
+    single = torch.load(tmp_path / "single" / "rescaled_weights.pt", weights_only=True)
+    assert int(sharded["rescales"]) == int(single["rescales"]) == 1  # the drop at step 3 was rescaled
+    for name, w in single.items():
+        torch.testing.assert_close(sharded[name], w, rtol=1e-4, atol=1e-6, msg=name)
