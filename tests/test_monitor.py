@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 
@@ -215,7 +216,10 @@ def test_every_and_flush_and_state_dict_resume() -> None:
         out = []
         for i, (x, y) in enumerate(batches):
             if split and i == 6:  # resume into a fresh monitor, as after a restart
-                state = mon.state_dict()
+                buffer = io.BytesIO()  # through a checkpoint file, loaded the safe way
+                torch.save(mon.state_dict(), buffer)
+                buffer.seek(0)
+                state = torch.load(buffer, weights_only=True)
                 out.append(mon.history())
                 mon.close()
                 mon = SphericalMonitor(model, opt, params=_PARAMS, every=2, window=3, flush_every=2)

@@ -605,7 +605,9 @@ class SphericalMonitor:
     def state_dict(self) -> dict[str, Any]:
         """Step count, windows and lr tracking, so a resumed run continues where it stopped.
 
-        Flushes first: the windows are advanced on the host, so pending records must be folded in.
+        Flushes first: the windows are advanced on the host, so pending records must be folded in. Holds only
+        Python scalars, lists and CPU tensors, so ``torch.save`` / ``torch.load(..., weights_only=True)`` of
+        it (alone or inside a training checkpoint) works as it is.
         """
         self.flush()
         return {
@@ -615,7 +617,7 @@ class SphericalMonitor:
             "last_lr": list(self._last_lr),
             "event_lr": list(self._event_lr),
             "events": [dict(e) for e in self.events],
-            "windows": {k: v.copy() for k, v in self._win.items()},
+            "windows": {k: torch.from_numpy(v.copy()) for k, v in self._win.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -632,7 +634,7 @@ class SphericalMonitor:
         win = state["windows"]
         if any(np.shape(win[k]) != v.shape for k, v in self._win.items()):
             raise ValueError("monitor state was saved with another window size or granularity")
-        self._win = {k: np.array(win[k], dtype=v.dtype) for k, v in self._win.items()}
+        self._win = {k: np.array(_numpy(win[k]), dtype=v.dtype) for k, v in self._win.items()}
 
     def close(self) -> None:
         """Flush, remove the optimizer hooks and close the sinks. Safe to call twice."""
@@ -687,6 +689,10 @@ def _stride(every: int | Callable[[int], bool]) -> int:
 
 def _numel(u: _Unit) -> int:
     return sum(t.numel() for t in u.tensors)
+
+
+def _numpy(x: Any) -> Any:
+    return x.numpy() if isinstance(x, torch.Tensor) else x
 
 
 def _local(x: torch.Tensor | None) -> torch.Tensor | None:
