@@ -218,7 +218,7 @@ class SphericalMonitorCallback(TrainerCallback):
         """Write the monitor state into the checkpoint folder the Trainer just wrote."""
         if not self._open:
             return
-        payload = _to_saveable(self.monitor.state_dict())  # on every rank: state_dict() flushes
+        payload = self.monitor.state_dict()  # on every rank: state_dict() flushes
         if not args.should_save:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -280,7 +280,7 @@ class SphericalMonitorCallback(TrainerCallback):
         path = os.path.join(folder, _STATE_FILE)
         if os.path.isfile(path):
             try:
-                mon.load_state_dict(_from_saved(torch.load(path, weights_only=True)))
+                mon.load_state_dict(torch.load(path, weights_only=True))
             except (ValueError, KeyError, TypeError, RuntimeError) as exc:
                 reason = f"could not be restored from {path}: {exc}"
             else:
@@ -358,27 +358,3 @@ def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
             "the monitor needs torch.optim step hooks"
         )
     return optimizer
-
-
-def _to_saveable(obj: Any) -> Any:
-    """Arrays as tensors, numpy scalars as Python numbers, for ``torch.load(weights_only=True)``."""
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Mapping):
-        return {k: _to_saveable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_saveable(v) for v in obj]
-    return obj
-
-
-def _from_saved(obj: Any) -> Any:
-    """Inverse of :func:`_to_saveable` for the parts the monitor reads as arrays."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numpy()
-    if isinstance(obj, Mapping):
-        return {k: _from_saved(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_saved(v) for v in obj]
-    return obj
