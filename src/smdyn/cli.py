@@ -95,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_plan)
 
     from smdyn.experiments.report import add_report_arguments, report_main
+    from smdyn.experiments.reproduce import add_reproduce_arguments, reproduce_main
     from smdyn.experiments.train import add_train_arguments, train_main
+
+    p = sub.add_parser("reproduce", help="run one of the paper's experiments (or all) and check its claims")
+    add_reproduce_arguments(p)
+    p.set_defaults(func=reproduce_main)
 
     p = sub.add_parser("train", help="train a model from a TOML config with the monitor attached")
     add_train_arguments(p)
