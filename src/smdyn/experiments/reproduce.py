@@ -701,7 +701,7 @@ def _claims_fig4(runs: _Runs) -> list[dict[str, Any]]:
     out.append(
         _claim(
             "equal_lr_wd",
-            "_Runs with equal ηλ (and α) have equal angular updates and similar accuracy",
+            "Runs with equal ηλ (and α) have equal angular updates and similar accuracy",
             "Thm 3, Sec 4.1 conjecture, Fig 4",
             [r["run"] for g in pairs for r in g],
             figure,
@@ -1422,7 +1422,7 @@ def reproduce(
     report: bool = True,
     quiet: bool = False,
 ) -> Path:
-    """_Runs one of the paper's experiments (or ``"all"``) and writes its report and ``claims.json``.
+    """Runs one of the paper's experiments (or ``"all"``) and writes its report and ``claims.json``.
 
     Args:
         name: one of `EXPERIMENTS`.
@@ -1546,7 +1546,7 @@ def reproduction_markdown(claims_files: Sequence[str | os.PathLike[str]]) -> str
         "",
         "## Claims",
         "",
-        "| Claim | Paper | Command | Measured | Verdict | Reason | Runtime | _Runs |",
+        "| Claim | Paper | Command | Measured | Verdict | Reason | Runtime | Runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
@@ -1573,7 +1573,7 @@ def reproduction_markdown(claims_files: Sequence[str | os.PathLike[str]]) -> str
         "",
         "## Experiments",
         "",
-        "| Experiment | Command | _Runs | Steps per run | Training time | Threads | Source |",
+        "| Experiment | Command | Runs | Steps per run | Training time | Threads | Source |",
         "|---|---|---|---|---|---|---|",
     ]
     for d in docs:
@@ -1603,7 +1603,7 @@ def reproduction_markdown(claims_files: Sequence[str | os.PathLike[str]]) -> str
         "",
         "## Full CPU runs",
         "",
-        "| Command | _Runs | Runtime |",
+        "| Command | Runs | Runtime |",
         "|---|---|---|",
     ]
     total = 0.0
@@ -1703,7 +1703,7 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def reproduce_main(args: argparse.Namespace) -> int:
-    """_Runs ``smdyn reproduce`` from parsed arguments; returns the exit status (0 done, 2 bad input,
+    """Runs ``smdyn reproduce`` from parsed arguments; returns the exit status (0 done, 2 bad input,
     130 interrupted)."""
     if args.markdown:
         if args.name:
