@@ -1,0 +1,56 @@
+"""The core (theory, geometry, invariance, monitor, sinks, rescale, plan, simulation) imports with only
+torch and numpy; optional packages load only when a feature that needs them is used."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+OPTIONAL = [
+    "matplotlib",
+    "pandas",
+    "scipy",
+    "rich",
+    "mnist1d",
+    "sklearn",
+    "lightning",
+    "pytorch_lightning",
+    "transformers",
+    "pyarrow",
+    "tensorboard",
+    "PIL",
+]
+
+SCRIPT = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in {OPTIONAL!r}:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import smdyn, smdyn.theory, smdyn.geometry, smdyn.invariance, smdyn.monitor, smdyn.sinks
+import smdyn.rescale, smdyn.simulation
+from smdyn import plan, simulate, Rescaler, SphericalMonitor, find_scale_invariant
+print("ok")
+"""
+
+
+def test_core_imports_without_optional_packages() -> None:
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_theory_does_not_import_torch() -> None:
+    """Loaded from its file alone (the package itself imports torch for the monitor)."""
+    import smdyn.theory
+
+    src = (
+        "import importlib.util, sys; "
+        f"spec = importlib.util.spec_from_file_location('theory', {smdyn.theory.__file__!r}); "
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod); "
+        "mod.angular_update(0.1, 1e-4); print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
