@@ -1427,7 +1427,7 @@ def reproduce(
     Args:
         name: one of `EXPERIMENTS`.
         quick: the smoke-test variant: steps scaled by the experiment's factors, fig6 with one seed.
-        out: the output folder; default a new ``runs/reproduce-<name>[-quick]-<time>/``. _Runs go to
+        out: the output folder; default a new ``runs/reproduce-<name>[-quick]-<time>/``. Runs go to
             ``<out>/<config>[-seed<N>]/`` (``<out>/<experiment>/...`` for ``all``); finished runs found
             there are re-used and interrupted ones resumed.
         threads: torch CPU threads for every run, replacing the configs' ``run.threads`` (results do not
@@ -1537,7 +1537,8 @@ def reproduction_markdown(claims_files: Sequence[str | os.PathLike[str]]) -> str
     if quick:
         lines.append(
             f"- From the **quick runs** (`--quick`, steps scaled down so that each experiment takes about 3 "
-            f"minutes; one seed): {', '.join(f'`{e}`' for e in quick)}. The theorems' time scales do not "
+            f"minutes, fig6 with one seed of three): {', '.join(f'`{e}`' for e in quick)}. The theorems' "
+            "time scales do not "
             "shrink with the runs, so at that size several claims cannot show (a lag after a learning-rate "
             "drop outlasts a shortened stage, SGD is not yet in equilibrium): those verdicts describe the "
             "smoke-test size, not the paper. Run the full commands below for the CPU-scale results."
