@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins import MixedPrecision
 
 import smdyn.integrations.lightning as integration
+from smdyn.integrations._metrics import compact_metrics
 from smdyn.integrations.lightning import RescalerCallback, SphericalMonitorCallback
 
 _LR, _WD, _MOM = 0.1, 5e-3, 0.9
@@ -373,7 +374,7 @@ def test_logged_names_are_sanitised_and_unique() -> None:
         for p in ("a.w+a.b", "a.w_a.b", "x[0]:w")
     ]  # fmt: skip
     tags: dict[str, str] = {}
-    out = integration._compact(rows, tags)
+    out = compact_metrics(rows, lambda name: integration._tag(name, tags))
     assert tags == {"a.w+a.b": "a.w_a.b", "a.w_a.b": "a.w_a.b_2", "x[0]:w": "x_0__w"}
     assert out["weight_norm/a.w_a.b_2"] == 2.0
     assert out["smdyn/median_rms_ratio"] == pytest.approx(0.5)

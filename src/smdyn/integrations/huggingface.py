@@ -18,16 +18,15 @@ imports it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
+from smdyn.integrations._metrics import compact_metrics
 from smdyn.monitor import SphericalMonitor
 
 try:
@@ -45,7 +44,6 @@ _log = logging.getLogger("smdyn")
 _STATE_FILE = "smdyn_monitor.pt"
 
 # Per-weight values put into the Trainer's logs as ``<metric>/<param>``.
-_LOGGED = ("angular_update", "angular_update_rms", "theory_angular_update", "weight_norm")
 
 
 class SphericalMonitorCallback(TrainerCallback):
@@ -138,7 +136,6 @@ class SphericalMonitorCallback(TrainerCallback):
             "loss_fn": loss_fn,
         }
         self._params = params
-        self._latest = _Latest()
         self._reported_step = -1
         self._step_before = -1
         self._warned_skip = False
@@ -154,7 +151,6 @@ class SphericalMonitorCallback(TrainerCallback):
             self.monitor.close()
             self.monitor = None
         self._open = False
-        self._latest = _Latest()
         self._reported_step = -1
         self._warned_skip = False
         if kwargs.get("optimizer") is not None:
@@ -201,10 +197,10 @@ class SphericalMonitorCallback(TrainerCallback):
         mon = self.monitor
         if mon is None or logs is None or state.global_step == self._reported_step:
             return
-        if self._open:
-            mon.flush()  # on every rank: with sharded parameters a flush is a collective
         self._reported_step = state.global_step
-        metrics = self._latest.metrics()
+        metrics = compact_metrics(
+            mon.summary()
+        )  # flushes, on every rank: with shards a flush is a collective
         if not metrics:
             return
         logs.update(metrics)
@@ -246,8 +242,7 @@ class SphericalMonitorCallback(TrainerCallback):
         if not isinstance(model, nn.Module):
             raise TypeError(f"the Trainer passed no model to the callback (got {type(model).__name__})")
         optimizer = _unwrap(kwargs["optimizer"])
-        sinks = [*self._kwargs["sinks"], self._latest]
-        self.monitor = SphericalMonitor(model, optimizer, self._params, **{**self._kwargs, "sinks": sinks})
+        self.monitor = SphericalMonitor(model, optimizer, self._params, **self._kwargs)
         self._open = True
         self._step_before = self.monitor.step
         self._warn_mixed_decay()
@@ -302,49 +297,6 @@ class SphericalMonitorCallback(TrainerCallback):
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-class _Latest:
-    """A sink that keeps the last recorded step of each monitored row, for the Trainer's logs."""
-
-    def __init__(self) -> None:
-        self.batch: dict[str, np.ndarray] | None = None
-
-    def write(self, batch: Mapping[str, np.ndarray]) -> None:
-        steps = np.asarray(batch["step"])
-        if len(steps) == 0:
-            return
-        last = steps == steps.max()  # every recorded step holds one row per monitored weight or channel
-        self.batch = {k: np.asarray(v)[last] for k, v in batch.items()}
-
-    def close(self) -> None:
-        pass
-
-    def metrics(self) -> dict[str, float]:
-        b = self.batch
-        if b is None:
-            return {}
-        out: dict[str, float] = {}
-        names = b["param"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN medians of weights without a theory
-            for name in dict.fromkeys(names.tolist()):
-                rows = names == name
-                for key in _LOGGED:
-                    value = float(np.nanmedian(np.asarray(b[key][rows], dtype=np.float64)))
-                    if math.isfinite(value):
-                        out[f"{key}/{name}"] = value
-            star = np.asarray(b["theory_angular_update"], dtype=np.float64)
-            rms = np.asarray(b["angular_update_rms"], dtype=np.float64)
-            has_theory = np.isfinite(star) & (star > 0)
-            if has_theory.any():
-                ratio = rms[has_theory] / star[has_theory]
-                ratio = ratio[np.isfinite(ratio)]
-                if ratio.size:
-                    out["smdyn/median_rms_ratio"] = float(np.median(ratio))
-                eq = np.asarray(b["in_equilibrium"], dtype=bool)[has_theory]
-                out["smdyn/fraction_in_equilibrium"] = float(eq.mean())
-        return out
 
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:

@@ -19,13 +19,11 @@ monitor wraps the closure it is handed and measures when the closure returns, i.
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 __all__ = ["RescalerCallback", "SphericalMonitorCallback"]  # noqa: F822 (built on first access, by __getattr__)
@@ -125,10 +123,10 @@ def _build_rescaler_callback(pl: Any) -> type:
 # ------------------------------------------------------------------------------------------ monitor
 
 # Per-weight values sent to the loggers as ``<metric>/<param>``: the names of the Hugging Face callback.
-_LOGGED = ("angular_update", "angular_update_rms", "theory_angular_update", "weight_norm")
 
 
 def _build_monitor_callback(pl: Any) -> type:
+    from smdyn.integrations._metrics import compact_metrics
     from smdyn.monitor import SphericalMonitor
 
     class SphericalMonitorCallback(pl.Callback):
@@ -272,7 +270,9 @@ def _build_monitor_callback(pl: Any) -> type:
             every = trainer.log_every_n_steps
             if not (every > 0 and (trainer.global_step % every == 0 or trainer.should_stop)):
                 return
-            metrics = _compact(self.monitor.summary(), self._tags)  # flushes, on every rank
+            metrics = compact_metrics(
+                self.monitor.summary(), lambda name: _tag(name, self._tags)
+            )  # flushes, on every rank
             if metrics:
                 pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
@@ -365,32 +365,6 @@ def _tag(name: str, tags: dict[str, str]) -> str:
             tag = f"{base}_{i}"
         tags[name] = tag
     return tags[name]
-
-
-def _compact(rows: list[dict[str, Any]], tags: dict[str, str]) -> dict[str, float]:
-    """The logged values from the latest record of each monitored row (median over a weight's channels)."""
-    if not rows:
-        return {}
-    col = {k: np.asarray([r[k] for r in rows], dtype=np.float64) for k in (*_LOGGED, "in_equilibrium")}
-    names = np.asarray([r["param"] for r in rows], dtype=object)
-    out: dict[str, float] = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN medians of weights without a theory
-        for name in dict.fromkeys(names.tolist()):
-            sel = names == name
-            for key in _LOGGED:
-                value = float(np.nanmedian(col[key][sel]))
-                if math.isfinite(value):
-                    out[f"{key}/{_tag(name, tags)}"] = value
-        star, rms = col["theory_angular_update"], col["angular_update_rms"]
-        has_theory = np.isfinite(star) & (star > 0)
-        if has_theory.any():
-            ratio = rms[has_theory] / star[has_theory]
-            ratio = ratio[np.isfinite(ratio)]
-            if ratio.size:
-                out["smdyn/median_rms_ratio"] = float(np.median(ratio))
-            out["smdyn/fraction_in_equilibrium"] = float(col["in_equilibrium"][has_theory].mean())
-    return out
 
 
 _BUILDERS: dict[str, Callable[[Any], type]] = {
