@@ -364,7 +364,7 @@ def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -
     """Expected equilibrium angular update of AdamW: √(2ηλ(1−β₁)/(1+β₁)).
 
     Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212), equilibrium values of Table 1 (the same expression as the authors'
+    (ICML 2024, arXiv 2305.17212), equilibrium values of its random-walk model (the same expression as the authors'
     code, github.com/epfml/req). Derived in their random-walk model: in equilibrium the gradient acts as
     zero-mean noise independent of the weight (so orthogonal to it in expectation, as for a
     scale-invariant weight), each element's √v̂ equals that element's gradient RMS, and λη ≪ 1 − β₁
@@ -389,7 +389,7 @@ def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -
 def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: ArrayLike = 0.9) -> FloatOrArray:
     """Expected equilibrium norm of a weight trained by AdamW: √(ηC/(2λ)), C = number of elements.
 
-    Kosson et al. (ICML 2024, arXiv 2305.17212, Table 1), same random-walk assumptions as
+    Kosson et al. (ICML 2024, arXiv 2305.17212), same random-walk assumptions as
     :func:`adamw_angular_update`. The Adam update is normalised per element, so each step adds about C·η²
     to ‖w‖² whatever the gradient's scale: unlike SGD the norm does not depend on the gradient, nor on
     β₁ (a gradient's total contribution through the first moment sums to one step), β₂ or ε. C is the
@@ -424,7 +424,7 @@ def lion_angular_update(
     """Expected equilibrium angular update of Lion: √(πηλ((1−β₁)² + β₁²(1−β₂)/(1+β₂))).
 
     Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212), equilibrium values of Table 1 (the same expression as the authors'
+    (ICML 2024, arXiv 2305.17212), equilibrium values of its random-walk model (the same expression as the authors'
     code, github.com/epfml/req). Update rule of Lion (Chen et al., arXiv 2302.06675):
     c_t = β₁m_{t-1} + (1−β₁)g_t, w ← w − η(sign(c_t) + λw), m_t = β₂m_{t-1} + (1−β₂)g_t. Random-walk
     assumptions: zero-mean Gaussian gradient noise independent of the weight, sign(c) replaced by its
@@ -454,7 +454,7 @@ def lion_weight_norm(
 ) -> FloatOrArray:
     """Expected equilibrium norm of a weight trained by Lion: √(ηC/(πλK)), K = (1−β₁)² + β₁²(1−β₂)/(1+β₂).
 
-    Kosson et al. (ICML 2024, arXiv 2305.17212, Table 1), same assumptions as
+    Kosson et al. (ICML 2024, arXiv 2305.17212), same assumptions as
     :func:`lion_angular_update`; the two are tied by η_r = η√C/ŵ since every Lion update has norm √C.
     Independent of the gradient's scale (the sign discards it).
 
