@@ -364,7 +364,7 @@ def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -
     """Expected equilibrium angular update of AdamW: √(2ηλ(1−β₁)/(1+β₁)).
 
     Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212), equilibrium values of its random-walk model (the same expression as the authors'
+    (ICML 2024, arXiv 2305.17212): the equilibrium of its random-walk model (as in the authors'
     code, github.com/epfml/req). Derived in their random-walk model: in equilibrium the gradient acts as
     zero-mean noise independent of the weight (so orthogonal to it in expectation, as for a
     scale-invariant weight), each element's √v̂ equals that element's gradient RMS, and λη ≪ 1 − β₁
@@ -424,7 +424,7 @@ def lion_angular_update(
     """Expected equilibrium angular update of Lion: √(πηλ((1−β₁)² + β₁²(1−β₂)/(1+β₂))).
 
     Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212), equilibrium values of its random-walk model (the same expression as the authors'
+    (ICML 2024, arXiv 2305.17212): the equilibrium of its random-walk model (as in the authors'
     code, github.com/epfml/req). Update rule of Lion (Chen et al., arXiv 2302.06675):
     c_t = β₁m_{t-1} + (1−β₁)g_t, w ← w − η(sign(c_t) + λw), m_t = β₂m_{t-1} + (1−β₂)g_t. Random-walk
     assumptions: zero-mean Gaussian gradient noise independent of the weight, sign(c) replaced by its
