@@ -933,8 +933,7 @@ def _unit_metrics(
         perp_s = np.where(np.isfinite(col("dperp", parts[0])), col("dperp", parts[0]), one_pass)
         if len(parts) > 1:
             perp_s = one_pass
-        nb = np.sqrt(bb)
-        snap = np.arctan2(np.sqrt(np.maximum(perp_s, 0.0)), nb + db / nb)
+        snap = geometry.angle_from_sums(np.stack(np.broadcast_arrays(bb, db, dd_s, perp_s), axis=-1))
         is_known = np.all([np.isfinite(k).all(axis=1, keepdims=True) for k in coeffs], axis=0)
         delta = np.where(is_known, known, snap)
         h = (gg + 2 * mom[:, None] * gv) * ww if is_sgd else np.full_like(ww, np.nan)
