@@ -775,20 +775,14 @@ def _nan_raw(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
 def _gram(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_channel: bool) -> torch.Tensor:
     """[rows, 10] float64 on the device: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩, then 4 NaN update slots."""
     dot, sq = geometry.dot, geometry.sq_norm
-    nan = torch.full_like(sq(w, per_channel=per_channel), math.nan)
-    if v is None:
-        zero = torch.zeros_like(nan)
-        cols = [
-            sq(w, per_channel=per_channel),
-            sq(g, per_channel=per_channel),
-            zero,
-            dot(w, g, per_channel=per_channel),
-            zero,
-            zero,
-        ]
+    ww = sq(w, per_channel=per_channel)
+    nan = torch.full_like(ww, math.nan)
+    if v is None:  # no momentum buffer (yet): its entries are 0
+        zero = torch.zeros_like(ww)
+        cols = [ww, sq(g, per_channel=per_channel), zero, dot(w, g, per_channel=per_channel), zero, zero]
     else:
         cols = [
-            sq(w, per_channel=per_channel),
+            ww,
             sq(g, per_channel=per_channel),
             sq(v, per_channel=per_channel),
             dot(w, g, per_channel=per_channel),
