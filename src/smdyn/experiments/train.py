@@ -260,17 +260,6 @@ def _to_tensors(obj: Any) -> Any:
     return obj
 
 
-def _to_numpy(obj: Any) -> Any:
-    """The inverse of `_to_tensors` for the monitor's state (it works on numpy arrays)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numpy()
-    if isinstance(obj, dict):
-        return {k: _to_numpy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_numpy(v) for v in obj]
-    return obj
-
-
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -587,7 +576,7 @@ class _Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "monitor": _to_tensors(self.monitor.state_dict()),
+            "monitor": self.monitor.state_dict(),  # saveable as it is
             "rescaler": None if self.rescaler is None else _to_tensors(self.rescaler.state_dict()),
             "generator": gen_state,
             "torch_rng": torch.get_rng_state(),
@@ -604,7 +593,7 @@ class _Run:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.monitor.load_state_dict(_to_numpy(ckpt["monitor"]))
+        self.monitor.load_state_dict(ckpt["monitor"])
         if self.rescaler is not None:
             if ckpt["rescaler"] is None:
                 raise ValueError("the checkpoint was saved without rescaling; cannot resume with it enabled")
