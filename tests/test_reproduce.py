@@ -454,7 +454,9 @@ def test_fig6_no_dip(tmp_path: Path, no_training: list) -> None:
     ("rms", "flagged", "verdict"),
     [
         ((0.3, 0.4, 0.25), 3, "reproduced"),
-        ((0.15, 0.18, 0.1), 3, "partly"),
+        ((0.15, 0.18, 0.1), 3, "reproduced"),  # no lower limit: a longer run collapses further
+        ((0.7, 0.75, 0.65), 3, "partly"),  # below Δ*, not far below
+        ((0.3, 0.4, 0.25), 1, "partly"),  # too few layers flagged
         ((0.3, 0.4, 0.25), 0, "not reproduced"),
     ],
 )
