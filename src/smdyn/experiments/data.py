@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import operator
 import os
 import random
 import zipfile
@@ -40,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from smdyn.experiments.checks import as_int
 
 __all__ = ["DATASETS", "DataSource", "load_data", "random_crop", "random_flip"]
 
@@ -91,19 +92,6 @@ class DataSource(Protocol):
 
 
 # --------------------------------------------------------------------------------------------- validation
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    """Returns ``value`` as an int ≥ ``minimum`` or raises naming the argument (a bool is not a count)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool {value!r}")
-    try:
-        out = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if out < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {out}")
-    return out
 
 
 def _float(name: str, value: object, low: float, high: float) -> float:
@@ -179,7 +167,7 @@ def random_crop(x: Tensor, padding: int, generator: torch.Generator) -> Tensor:
     """
     if not isinstance(x, Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a [B, C, H, W] tensor, got {getattr(x, 'shape', type(x).__name__)}")
-    padding = _int("padding", padding, 0)
+    padding = as_int("padding", padding, 0)
     _check_generator(generator)
     b, c, h, w = x.shape
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator)
@@ -265,7 +253,7 @@ class _TensorSource:
         return self._finish(x).to(torch.float32).contiguous()
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        batch_size = _int("batch_size", batch_size, 1)
+        batch_size = as_int("batch_size", batch_size, 1)
         _check_generator(generator)
         index = torch.randint(0, self._x_train.shape[0], (batch_size,), generator=generator)
         return self._model_input(self._x_train[index], generator), self._y_train[index]
@@ -276,7 +264,7 @@ class _TensorSource:
         return self._test
 
     def train_subset(self, n: int) -> tuple[Tensor, Tensor]:
-        n = _int("n", n, 1)
+        n = as_int("n", n, 1)
         total = self._x_train.shape[0]
         index = torch.randperm(total, generator=_fixed_generator(self._seed, "train_subset"))[: min(n, total)]
         return self._model_input(self._x_train[index], None), self._y_train[index]
@@ -424,13 +412,13 @@ def _mnist1d(root: str | None, seed: int, options: Mapping[str, object]) -> _Ten
         "cache": True,
     }
     opts = _options("mnist1d", options, defaults)
-    num_samples = _int("num_samples", opts["num_samples"], 20)
+    num_samples = as_int("num_samples", opts["num_samples"], 20)
     train_split = _float("train_split", opts["train_split"], 0.0, 1.0)
     usable = 10 * (num_samples // 10)  # make_dataset draws num_samples // 10 signals per class
     if not 0 < int(usable * train_split) < usable:
         raise ValueError(f"train_split={train_split} leaves an empty train or test split of {usable} samples")
     augment = _bool("augment", opts["augment"])
-    max_shift = _int("max_shift", opts["max_shift"], 0)
+    max_shift = as_int("max_shift", opts["max_shift"], 0)
     noise_std = _float("noise_std", opts["noise_std"], 0.0, math.inf)
     cache = _bool("cache", opts["cache"])
     arrays = _mnist1d_arrays(num_samples, train_split, seed, cache, root)
@@ -675,7 +663,7 @@ class _ShapesSource:
         return self._train
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        batch_size = _int("batch_size", batch_size, 1)
+        batch_size = as_int("batch_size", batch_size, 1)
         _check_generator(generator)
         if self.train_size is None:
             x, y = _draw_shapes(batch_size, self._size, self._difficulty, generator)
@@ -692,7 +680,7 @@ class _ShapesSource:
         return self._test
 
     def train_subset(self, n: int) -> tuple[Tensor, Tensor]:
-        n = _int("n", n, 1)
+        n = as_int("n", n, 1)
         if self.train_size is not None:
             x_all, y_all = self._train_split()
             order = torch.randperm(self.train_size, generator=_fixed_generator(self._seed, "train_subset"))
@@ -709,10 +697,10 @@ def _shapes(root: str | None, seed: int, options: Mapping[str, object]) -> _Shap
     opts = _options("shapes", options, defaults)
     train_size = opts["train_size"]
     return _ShapesSource(
-        size=_int("size", opts["size"], 8),
+        size=as_int("size", opts["size"], 8),
         difficulty=_float("difficulty", opts["difficulty"], 0.0, 1.0),
-        train_size=None if train_size is None else _int("train_size", train_size, 1),
-        test_size=_int("test_size", opts["test_size"], 1),
+        train_size=None if train_size is None else as_int("train_size", train_size, 1),
+        test_size=as_int("test_size", opts["test_size"], 1),
         augment=_bool("augment", opts["augment"]),
         seed=seed,
     )
@@ -857,7 +845,7 @@ class _ImageFolderSource:
         return self._normalise(self._to_input([self._decode(p, None) for p in paths]))
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        batch_size = _int("batch_size", batch_size, 1)
+        batch_size = as_int("batch_size", batch_size, 1)
         _check_generator(generator)
         index = torch.randint(0, len(self._train_paths), (batch_size,), generator=generator)
         paths = [self._train_paths[i] for i in index.tolist()]
@@ -889,7 +877,7 @@ class _ImageFolderSource:
         return self._test
 
     def train_subset(self, n: int) -> tuple[Tensor, Tensor]:
-        n = _int("n", n, 1)
+        n = as_int("n", n, 1)
         total = len(self._train_paths)
         order = torch.randperm(total, generator=_fixed_generator(self._seed, "train_subset"))
         index = order[: min(n, total)]
@@ -905,9 +893,9 @@ def _imagefolder(root: str | None, seed: int, options: Mapping[str, object]) -> 
     test_size = opts["test_size"]
     return _ImageFolderSource(
         Path(root).expanduser(),
-        size=_int("size", opts["size"], 8),
+        size=as_int("size", opts["size"], 8),
         augment=_bool("augment", opts["augment"]),
-        test_size=None if test_size is None else _int("test_size", test_size, 1),
+        test_size=None if test_size is None else as_int("test_size", test_size, 1),
         seed=seed,
     )
 
@@ -957,5 +945,5 @@ def load_data(name: str, *, root: str | None = None, seed: int = 0, **options: o
         raise ValueError(f"unknown data set name {name!r}; known names: {', '.join(DATASETS)}")
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a path or None, got {type(root).__name__} {root!r}")
-    seed = _int("seed", seed, 0)
+    seed = as_int("seed", seed, 0)
     return _LOADERS[name](None if root is None else os.fspath(root), seed, options)

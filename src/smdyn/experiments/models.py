@@ -14,12 +14,13 @@ initialisation with fan-out, BatchNorm starts at γ = 1, β = 0, and linear laye
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from smdyn.experiments.checks import as_int
 
 __all__ = [
     "MODELS",
@@ -37,19 +38,6 @@ __all__ = [
     "resnet50",
     "small_bn_cnn",
 ]
-
-
-def _positive_int(name: str, value: object) -> int:
-    """Returns ``value`` as an int, or raises naming the argument: a layer width of 0 or 2.5 is a typo."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool {value!r}")
-    try:
-        out = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
-    if out < 1:
-        raise ValueError(f"{name} must be >= 1, got {out}")
-    return out
 
 
 def _init_standard(model: nn.Module) -> None:
@@ -152,9 +140,9 @@ class ResNet18Cifar(_CifarResNet):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 64, in_channels: int = 3) -> None:
-        num_classes = _positive_int("num_classes", num_classes)
-        width = _positive_int("width", width)
-        in_channels = _positive_int("in_channels", in_channels)
+        num_classes = as_int("num_classes", num_classes, 1)
+        width = as_int("width", width, 1)
+        in_channels = as_int("in_channels", in_channels, 1)
         super().__init__([2, 2, 2, 2], [width, 2 * width, 4 * width, 8 * width], num_classes, in_channels)
 
 
@@ -169,9 +157,9 @@ class ResNet20(_CifarResNet):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 16, in_channels: int = 3) -> None:
-        num_classes = _positive_int("num_classes", num_classes)
-        width = _positive_int("width", width)
-        in_channels = _positive_int("in_channels", in_channels)
+        num_classes = as_int("num_classes", num_classes, 1)
+        width = as_int("width", width, 1)
+        in_channels = as_int("in_channels", in_channels, 1)
         super().__init__([3, 3, 3], [width, 2 * width, 4 * width], num_classes, in_channels)
 
 
@@ -186,7 +174,7 @@ class ResNet50(nn.Module):
     """
 
     def __init__(self, num_classes: int = 1000) -> None:
-        num_classes = _positive_int("num_classes", num_classes)
+        num_classes = as_int("num_classes", num_classes, 1)
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -219,9 +207,9 @@ class SmallBNCNN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 32) -> None:
-        num_classes = _positive_int("num_classes", num_classes)
-        in_channels = _positive_int("in_channels", in_channels)
-        width = _positive_int("width", width)
+        num_classes = as_int("num_classes", num_classes, 1)
+        in_channels = as_int("in_channels", in_channels, 1)
+        width = as_int("width", width, 1)
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -251,9 +239,9 @@ class CNN1d(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, length: int = 40, width: int = 32) -> None:
-        num_classes = _positive_int("num_classes", num_classes)
-        length = _positive_int("length", length)
-        width = _positive_int("width", width)
+        num_classes = as_int("num_classes", num_classes, 1)
+        length = as_int("length", length, 1)
+        width = as_int("width", width, 1)
         super().__init__()
         self.length = length
         self.conv1 = nn.Conv1d(1, width, 5, stride=2, padding=2, bias=False)
@@ -304,10 +292,10 @@ class MLPLayerNorm(nn.Module):
     """
 
     def __init__(self, in_features: int, num_classes: int = 10, hidden: int = 256, depth: int = 2) -> None:
-        in_features = _positive_int("in_features", in_features)
-        num_classes = _positive_int("num_classes", num_classes)
-        hidden = _positive_int("hidden", hidden)
-        depth = _positive_int("depth", depth)
+        in_features = as_int("in_features", in_features, 1)
+        num_classes = as_int("num_classes", num_classes, 1)
+        hidden = as_int("hidden", hidden, 1)
+        depth = as_int("depth", depth, 1)
         super().__init__()
         self.blocks = nn.Sequential(
             *[_LinearNorm(in_features if i == 0 else hidden, hidden) for i in range(depth)]
