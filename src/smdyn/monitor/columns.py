@@ -1,0 +1,72 @@
+"""The monitor's record format: column names and reason codes, defined once and imported everywhere."""
+
+from __future__ import annotations
+
+__all__ = ["COLUMNS", "METRICS", "REASONS"]
+
+#: Measured per-row quantities, computed on the host from the device reductions (see ``metrics``).
+METRICS = ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine", "unmoved_fraction")
+
+#: Columns of ``SphericalMonitor.history()`` and of every sink batch, in order.
+COLUMNS = (
+    "step",
+    "param",
+    "channel",
+    "lr",
+    "wd",
+    "momentum",
+    "weight_norm",
+    "unit_grad_sq",
+    "h_tilde",
+    "angular_update",
+    "effective_lr",
+    "grad_cosine",
+    "unmoved_fraction",
+    "angular_update_rms",
+    "angular_update_mean",
+    "l_estimate",
+    "theory_angular_update",
+    "theory_weight_norm",
+    "in_equilibrium",
+    "reason_code",
+    "reason",
+)
+
+#: ``reason_code`` → the ``reason`` prose, in order of precedence (the first that applies is recorded).
+#: Codes up to ``nonfinite_grad`` make the measured numbers NaN; the later ones keep the measurements and
+#: only withhold the theory (``collapse`` keeps the theory too: it is the comparison that fails).
+REASONS = {
+    "frozen": "frozen parameter (requires_grad=False)",
+    "not_in_optimizer": "parameter is not in the optimizer's param groups",
+    "no_grad": "no gradient this step (p.grad is None)",
+    "skipped": "step skipped by the gradient scaler (non-finite gradients): the weights did not move",
+    "nonfinite_weight": "non-finite weight",
+    "zero_norm": "zero-norm weight: direction undefined",
+    "nonfinite_grad": "non-finite gradient or update",
+    "norm_frozen": (
+        "its normalization uses running statistics (eval mode): the weight is not scale-invariant this step"
+    ),
+    "below_resolution": (
+        "most elements did not move: the step is below the resolution of the weight's floating-point format"
+    ),
+    "no_theory": "no equilibrium theory for this update rule",  # the rule's own note replaces this prose
+    "bad_hparams": "lr, weight decay or momentum outside the theory's range (lr > 0, 0 <= momentum < 1)",
+    "no_decay": "weight decay is 0: no equilibrium (the norm grows without bound)",
+    "collapse": (
+        "RMS Δ/Δ* far below 1 long after the last hyper-parameter change: the unit gradient is collapsing "
+        "(memorised data?), so the equilibrium theory does not apply"
+    ),
+    "internal": "smdyn could not compute this row (an internal error; see the warning)",
+}
+
+#: Codes whose rows carry no valid measurement of the step (Δ and the gradient terms are NaN).
+MEASUREMENT_LOST = (
+    "frozen",
+    "not_in_optimizer",
+    "no_grad",
+    "skipped",
+    "nonfinite_weight",
+    "zero_norm",
+    "nonfinite_grad",
+    "internal",
+)

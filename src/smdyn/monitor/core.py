@@ -1,0 +1,552 @@
+"""SphericalMonitor: hooks on the optimizer step that orchestrate the measuring stages.
+
+measure (device, ``measure``) → host metrics (``metrics``) → windows (``windows``) → verdict (``verdict``),
+with the cross-rank sum in ``distributed``; ``records`` assembles the rows and ``history`` keeps a bounded
+number of them in memory. This class owns only the plumbing: hooks, parameter groups, flushing and state.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import sys
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from smdyn import theory
+from smdyn.monitor import measure, records
+from smdyn.monitor.columns import COLUMNS
+from smdyn.monitor.distributed import ShardPlan, is_rank_zero, to_host
+from smdyn.monitor.history import DEFAULT_ROWS, History
+from smdyn.monitor.units import Unit, from_found, resolve
+from smdyn.monitor.windows import RESTART, Windows
+from smdyn.rules import Rule, rule_for
+
+__all__ = ["SphericalMonitor"]
+
+_log = logging.getLogger("smdyn")
+_EXACT_FORMATS = (torch.float32, torch.float64)  # where the known-update algebra matches the stored step
+_NOT_IN_OPTIMIZER = Rule("other", "other", theory=False, note="parameter is not in the optimizer")
+
+
+class SphericalMonitor:
+    """Record Spherical Motion Dynamics of a model's scale-invariant weights during training.
+
+    Args:
+        model: the model being trained (used to resolve parameter names and, for ``params="auto"``,
+            to find the scale-invariant weights with :func:`smdyn.find_scale_invariant`).
+        optimizer: any ``torch.optim.Optimizer`` that owns the monitored parameters.
+        params: ``"auto"``; an iterable of ``(name, parameter)`` pairs; or an iterable of names resolved
+            against ``model`` (``"fc.weight+fc.bias"`` monitors the pair as one vector).
+        every: record every ``every``-th optimizer step, or a callable ``step -> bool``.
+        sinks: objects with ``write(batch)`` / ``close()`` (see :mod:`smdyn.sinks`).
+        flush_every: recorded steps buffered on the device before one transfer to the host and the sinks.
+        granularity: ``"tensor"`` (default) or ``"channel"``: one row per output channel where each
+            channel is scale-invariant on its own (weights feeding BatchNorm).
+        window: trailing window, in recorded steps, of the RMS / mean of Δ and of the estimate of L.
+        tol: ``in_equilibrium`` holds when the window is full and |RMS Δ / Δ* − 1| ≤ ``tol``.
+        history_rows: records kept in memory for :meth:`history` (default 100,000, the latest ones; older
+            rows live only in the sinks). ``None`` keeps every row; 0 keeps none.
+        keep_history: ``False`` is ``history_rows=0`` (kept for compatibility).
+        example_batch, loss_fn: forwarded to :func:`smdyn.find_scale_invariant` for ``params="auto"``.
+
+    Records (one row per recorded step and monitored weight, or channel): see ``COLUMNS``. L, the
+    expected unit-gradient norm of Theorems 1–2, is estimated by the mean of h̃ (SGDM) or ‖g̃‖² (SGD) over
+    the trailing ``window`` recorded steps (the paper's Fig 3 uses a 200-step mean): ``l_estimate``.
+    Δ* = √(2λη/(1+α)) is the equilibrium value of √E[Δ²], so ``angular_update_rms`` is what it is
+    compared with; ``angular_update_mean`` is recorded too (it sits below Δ* when ‖g̃‖² varies).
+    Every number is either a measurement or NaN with a ``reason_code`` (see ``smdyn.monitor.REASONS``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: str | Iterable[Any] = "auto",
+        *,
+        every: int | Callable[[int], bool] = 1,
+        sinks: Iterable[Any] = (),
+        flush_every: int = 100,
+        granularity: Literal["tensor", "channel"] = "tensor",
+        window: int = 200,
+        tol: float = 0.1,
+        history_rows: int | None = DEFAULT_ROWS,
+        keep_history: bool = True,
+        example_batch: Any = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        _check_arguments(optimizer, every, flush_every, granularity, window, tol, history_rows)
+        self.model = model
+        self.optimizer = optimizer
+        self.every = every
+        self.sinks = list(sinks)
+        self.flush_every = flush_every
+        self.granularity = granularity
+        self.window = window
+        self.tol = tol
+        self.loss_fn = loss_fn
+        self.step = 0  # optimizer steps seen (a step skipped by GradScaler never reaches the hooks)
+        self.events: list[dict[str, Any]] = []
+        self.units: list[Unit] = []
+        self._history = History(0 if not keep_history else history_rows)
+        self._last_lr: list[float] = []
+        self._event_lr: list[float] = []
+        self._group_of: dict[int, int] = {}
+        self._ngroups = -1
+        self._first_batch: Any = None
+        self._capture: Any = None
+        self._pending: list[tuple[int, list[records.UnitStep], list[torch.Tensor]]] = []
+        self._snap: list[list[torch.Tensor | None]] | None = None
+        self._current: tuple[int, list[records.UnitStep], list[torch.Tensor]] | None = None
+        self._outer: tuple[int, Any] | None = None  # (frame id, code) of the step() call being measured
+        self._latest: dict[str, np.ndarray] = {}
+        self._warned: set[str] = set()
+        self._closed = False
+        self._idle = False
+        self._explicit = not isinstance(params, str)
+        units = resolve(model, params, granularity == "channel", example_batch, loss_fn)
+        if units is None:
+            # fx could not trace the model: read the data flow from the first real forward pass instead.
+            self._capture = model.register_forward_pre_hook(self._capture_batch, with_kwargs=True)
+        else:
+            self._set_units(units)
+        self._handles = [
+            optimizer.register_step_pre_hook(self._pre_hook),
+            optimizer.register_step_post_hook(self._post_hook),
+        ]
+        # Records buffered at interpreter exit still reach the sinks (a crash in user code, Ctrl-C).
+        self._atexit = _flush_at_exit(self)
+        atexit.register(self._atexit)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _set_units(self, units: list[Unit]) -> None:
+        if not units:
+            raise ValueError(
+                "no parameters to monitor: params='auto' found no scale-invariant weight in the model "
+                "(no conv/linear feeding a normalization layer); pass params explicitly"
+            )
+        self.units = units
+        self._sync_groups()
+        if self._explicit:
+            for u in units:
+                if any(id(t) not in self._group_of for t in u.tensors):
+                    raise ValueError(f"{u.name}: parameter is not in the optimizer's param groups")
+        self._shards = ShardPlan.build(units)
+        names = [u.name for u in units for _ in range(u.rows)]
+        channels = [r if u.per_channel else -1 for u in units for r in range(u.rows)]
+        self._layout = records.Layout(
+            units,
+            np.asarray(names, dtype=object),
+            np.asarray(channels, dtype=np.int64),
+            self.window,
+            self.tol,
+            self.every if isinstance(self.every, int) else 1,
+        )
+        self._windows = Windows(len(names), self.window)
+
+    def _sync_groups(self) -> None:
+        """Map parameters to param groups; re-done when ``add_param_group`` adds one mid-run."""
+        groups = self.optimizer.param_groups
+        if len(groups) == self._ngroups:
+            return
+        self._group_of = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
+        grow = len(groups) - len(self._last_lr)
+        self._last_lr += [math.nan] * grow
+        self._event_lr += [math.nan] * grow
+        self._ngroups = len(groups)
+
+    def _capture_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._first_batch is None and args and not kwargs:
+            self._first_batch = args[0] if len(args) == 1 else args
+
+    def _resolve_late(self) -> None:
+        """Find the scale-invariant weights from the first forward pass (models fx cannot trace)."""
+        self._capture.remove()
+        self._capture = None
+        from smdyn.invariance import find_scale_invariant
+
+        batch, self._first_batch = self._first_batch, None
+        found = [] if batch is None else find_scale_invariant(self.model, batch, self.loss_fn)
+        self._set_units(from_found(self.model, found, self.granularity == "channel"))
+
+    # ------------------------------------------------------------------ hooks
+
+    def _recording(self, step: int) -> bool:
+        every = self.every
+        return bool(every(step)) if callable(every) else step % every == 0
+
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        """Measure before the step or, when ``step(closure)`` computes the gradients, after the first closure.
+
+        Frameworks such as Lightning run forward and backward inside ``optimizer.step(closure)``, after the
+        pre-hooks: the gradients are only there once the closure has run, so the closure is wrapped. LBFGS
+        calls the closure several times a step; only the first call sees the weights before the step.
+        A subclass whose ``step`` calls ``super().step()`` runs the hooks twice: the inner call is ignored.
+        """
+        if self._idle:
+            return None
+        caller = sys._getframe(1)
+        if self._outer is not None and _is_ancestor(self._outer, caller.f_back):
+            return None  # nested step() of a subclass: this step is already being measured
+        self._outer = (id(caller), caller.f_code)
+        self._current = None
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self._before_step()
+            return None
+        calls = [0]
+
+        def measured_closure() -> Any:
+            loss = closure()
+            calls[0] += 1
+            if calls[0] == 1:
+                self._before_step()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": measured_closure}
+        return (args[0], measured_closure, *args[2:]), kwargs
+
+    def _before_step(self) -> None:
+        try:
+            if self._capture is not None:
+                self._resolve_late()
+            self._sync_groups()
+            self._watch_lr()
+            if self._recording(self.step):
+                self._measure_before()
+        except Exception as exc:  # never break the user's training step
+            self._current = None
+            if not self.units:
+                self._go_idle(f"smdyn monitor found nothing to monitor and is idle: {exc}")
+            else:
+                self._warn_once("pre", f"smdyn monitor skipped step {self.step}: {exc!r}")
+
+    def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        caller = sys._getframe(1)
+        if self._idle or self._outer != (id(caller), caller.f_code):
+            return  # the inner call of a nested step(), or a monitor that has nothing to do
+        self._outer = None
+        try:
+            if self._current is not None:
+                self._measure_after()
+        except Exception as exc:
+            self._warn_once("post", f"smdyn monitor skipped step {self.step}: {exc!r}")
+        finally:
+            self._current = None
+            self._snap = None
+            self.step += 1
+            _keep_last(optimizer._optimizer_step_pre_hooks, self._handles[0].id)
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def _go_idle(self, message: str) -> None:
+        self._warn_once("idle", message)
+        self._idle = True
+        for h in self._handles:
+            h.remove()
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
+
+    def _watch_lr(self) -> None:
+        """Log every 5% move of a group's learning rate with the Corollary 3.1 lag estimate."""
+        for gi, group in enumerate(self.optimizer.param_groups):
+            rule = rule_for(self.optimizer, group)
+            lr, wd, mom = rule.hparams(group)
+            prev, ref = self._last_lr[gi], self._event_lr[gi]
+            self._last_lr[gi] = lr
+            if math.isnan(prev) or lr == prev:
+                if math.isnan(ref):
+                    self._event_lr[gi] = lr
+                continue
+            if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < RESTART:
+                continue
+            self._event_lr[gi] = lr
+            lag = math.nan
+            if rule.family == "sgd" and rule.theory and wd > 0 and 0 <= mom < 1:
+                lag = float(theory.steps_to_new_equilibrium(ref / lr, lr, wd, mom))
+            self.events.append(
+                {"step": self.step, "group": gi, "lr_before": ref, "lr_after": lr, "steps_to_new": lag}
+            )
+            _log.info(
+                "smdyn: step %d group %d lr %.4g -> %.4g; Corollary 3.1: ~%s steps to the new equilibrium",
+                self.step,
+                gi,
+                ref,
+                lr,
+                "?" if math.isnan(lag) else f"{lag:.0f}",
+            )
+
+    def _measure_before(self) -> None:
+        """Gram entries of (w, g, v) per tensor on its device; hyper-parameters and rule on the host."""
+        opt = self.optimizer
+        groups, state = opt.param_groups, opt.state
+        rules = [rule_for(opt, g) for g in groups]
+        scale = getattr(opt, "grad_scale", None)  # set by GradScaler for fused optimizers: grads still scaled
+        inv_scale = torch.reciprocal(scale) if isinstance(scale, torch.Tensor) else None
+        found_inf = getattr(opt, "found_inf", None)
+        found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
+        raws: list[torch.Tensor] = []
+        meta: list[records.UnitStep] = []
+        snap: list[list[torch.Tensor | None]] = []
+        for u in self.units:
+            gis = [self._group_of.get(id(t)) for t in u.tensors]
+            if any(gi is None for gi in gis):
+                raws += [measure.nan_raw(t, u.per_channel) for t in u.tensors]
+                meta.append(
+                    records.UnitStep(
+                        math.nan,
+                        math.nan,
+                        math.nan,
+                        _NOT_IN_OPTIMIZER,
+                        (None,) * len(u.tensors),
+                        "not_in_optimizer",
+                    )
+                )
+                snap.append([None] * len(u.tensors))
+                continue
+            rule = rules[gis[0]]
+            coeffs: list[Any] = []
+            usnap: list[torch.Tensor | None] = []
+            for t, gi in zip(u.tensors, gis, strict=True):
+                g = measure.local(t.grad)
+                if g is None or not t.requires_grad:
+                    raws.append(measure.nan_raw(t, u.per_channel))
+                    coeffs.append(None)
+                    usnap.append(None)
+                    continue
+                w = measure.local(t.detach())
+                v = measure.local(state.get(t, {}).get(rule.buffer)) if rule.buffer else None
+                raws.append(measure.gram(w, g, v, u.per_channel, inv_scale, found_inf))
+                tr = rules[gi]
+                if tr.coefficients is not None and t.dtype in _EXACT_FORMATS:
+                    coeffs.append(tr.coefficients(groups[gi], v is not None))
+                    usnap.append(None)
+                else:
+                    coeffs.append(None)
+                    usnap.append(measure.snapshot(w))
+            lr, wd, mom = rule.hparams(groups[gis[0]])
+            meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), _host_code(u)))
+            snap.append(usnap)
+        self._snap = snap if any(s is not None for us in snap for s in us) else None
+        self._current = (self.step, meta, raws)
+
+    def _measure_after(self) -> None:
+        step, meta, raws = self._current
+        if self._snap is not None:
+            i = 0
+            for u, usnap in zip(self.units, self._snap, strict=True):
+                for t, before in zip(u.tensors, usnap, strict=True):
+                    if before is not None:
+                        after = measure.local(t.detach())
+                        measure.fill_update(raws[i], before, after, u.per_channel, measure.is_sharded(t))
+                    i += 1
+        self._pending.append((step, meta, raws))
+
+    # ------------------------------------------------------------------ host side
+
+    def flush(self) -> None:
+        """Move buffered records to the host, compute the metrics and theory, and write the sinks.
+
+        Never raises: a block whose numbers cannot be computed is recorded as NaN rows with
+        ``reason_code == "internal"``, and a failing sink is reported once by a warning.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
+        try:
+            raw = to_host([raws for _, _, raws in pending], self._shards)  # [steps, rows, NRAW]: one copy
+            batch = records.build(self._layout, self._windows, steps, [m for _, m, _ in pending], raw)
+        except Exception as exc:
+            self._warn_once(
+                "flush",
+                f"smdyn: could not compute records of steps {steps[0]}..{steps[-1]}: "
+                f"{exc!r}; they are recorded as NaN",
+            )
+            batch = records.fallback(self._layout, steps, repr(exc))
+        dropped = self._history.append(batch)
+        if dropped and not self.sinks:
+            self._warn_once(
+                "bound",
+                f"smdyn: the monitor keeps the latest {self._history.max_rows} rows in "
+                "memory and no sink holds the older ones; add a sink (smdyn.sinks) or pass "
+                "history_rows=None to keep them all",
+            )
+        nrows = len(self._layout.names)
+        self._latest = {c: v[-nrows:] for c, v in batch.items()}
+        if not is_rank_zero():
+            return
+        for sink in self.sinks:
+            try:
+                sink.write(batch)
+            except Exception as exc:  # a full disk must not stop training; the records stay in memory
+                self._warn_once(f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}")
+
+    # ------------------------------------------------------------------ public
+
+    def history(self) -> dict[str, np.ndarray]:
+        """The records kept in memory (the latest ``history_rows``) as a columnar dict of numpy arrays."""
+        self.flush()
+        return self._history.table()
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows that left memory because of the ``history_rows`` bound (the sinks still got them)."""
+        return self._history.dropped
+
+    def to_pandas(self) -> Any:
+        """``history()`` as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas needs pandas: pip install pandas") from exc
+        return pd.DataFrame(self.history())
+
+    def summary(self) -> list[dict[str, Any]]:
+        """The latest record of each monitored row (flushes first): for tables, logs and progress bars."""
+        self.flush()
+        latest = self._latest
+        return [{c: latest[c][i] for c in COLUMNS} for i in range(len(latest.get("step", ())))]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Step count, windows and lr tracking, so a resumed run continues where it stopped.
+
+        Flushes first: the windows are advanced on the host, so pending records must be folded in. Holds only
+        Python scalars, lists and CPU tensors, so ``torch.load(..., weights_only=True)`` of it works as it is.
+        """
+        self.flush()
+        windows = self._windows.state() if self.units else {}
+        return {
+            "step": self.step,
+            "units": [u.name for u in self.units],
+            "rows": [u.rows for u in self.units],
+            "last_lr": list(self._last_lr),
+            "event_lr": list(self._event_lr),
+            "events": [dict(e) for e in self.events],
+            "windows": {k: torch.from_numpy(v) for k, v in windows.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state of other parameters or param groups is refused, named."""
+        names = [u.name for u in self.units]
+        if list(state["units"]) != names or list(state["rows"]) != [u.rows for u in self.units]:
+            raise ValueError(
+                f"monitor state is for parameters {list(state['units'])}, this monitor has {names}"
+            )
+        self._sync_groups()
+        saved, have = len(state["last_lr"]), len(self.optimizer.param_groups)
+        if saved != have:
+            raise ValueError(
+                f"monitor state was saved with {saved} optimizer param groups, this optimizer has {have}"
+            )
+        self._windows.load(state["windows"])
+        self.step = int(state["step"])
+        self._last_lr = [float(x) for x in state["last_lr"]]
+        self._event_lr = [float(x) for x in state["event_lr"]]
+        self.events = [dict(e) for e in state["events"]]
+
+    def close(self) -> None:
+        """Flush, remove the optimizer hooks and close the sinks. Safe to call twice; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        for h in self._handles:
+            h.remove()
+        if self._capture is not None:
+            self._capture.remove()
+        atexit.unregister(self._atexit)
+        self.flush()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                self._warn_once(
+                    f"close{id(sink)}", f"smdyn: closing sink {type(sink).__name__} failed: {exc!r}"
+                )
+
+    def __enter__(self) -> SphericalMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_arguments(
+    optimizer: Any,
+    every: Any,
+    flush_every: int,
+    granularity: str,
+    window: int,
+    tol: float,
+    history_rows: int | None,
+) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if isinstance(every, bool) or (isinstance(every, int) and every < 1):
+        raise ValueError(f"every must be a positive int or a callable, got {every}")
+    if not isinstance(every, int) and not callable(every):
+        raise TypeError("every must be a positive int or a callable step -> bool")
+    if flush_every < 1:
+        raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+    if granularity not in ("tensor", "channel"):
+        raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+    if window < 2:
+        raise ValueError(f"window must be >= 2, got {window}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    if history_rows is not None and (
+        isinstance(history_rows, bool) or not isinstance(history_rows, int) or history_rows < 0
+    ):
+        raise ValueError(f"history_rows must be None or an int >= 0, got {history_rows!r}")
+
+
+def _host_code(u: Unit) -> str:
+    if not all(t.requires_grad for t in u.tensors):
+        return "frozen"
+    if any(t.grad is None for t in u.tensors):
+        return "no_grad"
+    return "norm_frozen" if u.norm_frozen() else ""
+
+
+def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
+    """The step() call recorded in ``outer`` is still running below ``frame`` (not a stale, failed one)."""
+    while frame is not None:
+        if (id(frame), frame.f_code) == outer:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _keep_last(hooks: Any, key: int) -> None:
+    """Move the monitor's pre-hook behind hooks registered later (clipping, unscaling): it measures last."""
+    if key in hooks and next(reversed(hooks)) != key:
+        hooks.move_to_end(key)
+
+
+def _flush_at_exit(mon: SphericalMonitor) -> Callable[[], None]:
+    ref = weakref.ref(mon)
+
+    def flush() -> None:
+        m = ref()
+        if m is not None and not m._closed:
+            m.close()
+
+    return flush

@@ -1,0 +1,157 @@
+"""From a flushed block of raw device sums to the record rows: metrics → windows → verdict → columns."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from smdyn import theory
+from smdyn.monitor import metrics, verdict
+from smdyn.monitor.columns import COLUMNS, MEASUREMENT_LOST, REASONS
+from smdyn.monitor.measure import I
+from smdyn.monitor.units import Unit
+from smdyn.monitor.windows import Windows
+from smdyn.rules import Coefficients, Rule
+
+_NAN3 = (math.nan, math.nan, math.nan)
+_LOST_METRICS = ("unit_grad_sq", "h_tilde", "angular_update", "grad_cosine", "unmoved_fraction")
+
+
+@dataclass(frozen=True)
+class UnitStep:
+    """What the host knew about one unit at a recorded step, before any device value was read."""
+
+    lr: float
+    wd: float
+    mom: float
+    rule: Rule
+    coeffs: tuple[Coefficients | None, ...]  # per tensor; None where the snapshot path measures the step
+    host_code: str = ""  # one of verdict.HOST_CODES, or ""
+
+
+@dataclass
+class Layout:
+    """Names and sizes of the record rows, fixed once the units are known."""
+
+    units: list[Unit]
+    names: np.ndarray
+    channels: np.ndarray
+    window: int
+    tol: float
+    stride: int  # optimizer steps between recorded steps, for the relaxation-time test
+
+
+def _unit_rows(u: Unit, raw: np.ndarray, start: int) -> tuple[list[np.ndarray], int]:
+    parts = []
+    for t in u.tensors:
+        n = t.shape[0] if u.per_channel else 1
+        parts.append(raw[:, start : start + n])
+        start += n
+    return parts, start
+
+
+def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict[str, np.ndarray]:
+    """Metrics, theory and reasons of one unit over a block of steps, ``[steps, rows]`` each."""
+    lr = np.array([s.lr for s in steps])
+    wd = np.array([s.wd for s in steps])
+    mom = np.array([s.mom for s in steps])
+    rules = [s.rule for s in steps]
+    coeffs = [np.array([s.coeffs[i] or _NAN3 for s in steps]) for i in range(len(u.tensors))]
+    heavy_ball = np.array([r.family == "sgd" for r in rules])
+    row_numel = u.numel // u.rows
+    m = metrics.unit_metrics(parts, coeffs, mom, row_numel, with_h=bool(heavy_ball.any()))
+    ww = sum(p[..., I["ww"]] for p in parts)
+    finite_grad = np.all([np.isfinite(p[..., I["gg"]]) for p in parts], axis=0)
+    skipped = np.max([p[..., I["skip"]] for p in parts], axis=0)
+    th = verdict.step_theory(rules, lr, wd, mom, row_numel)
+    host = np.array([s.host_code for s in steps], dtype=object)
+    code, prose = verdict.row_reasons(host, lr, m, ww, finite_grad, skipped, th)
+    lost = np.isin(code, MEASUREMENT_LOST)
+    for k in _LOST_METRICS:
+        m[k] = np.where(lost, np.nan, m[k])
+    shape = ww.shape
+    use_h = heavy_ball[:, None] & (mom[:, None] > 0)
+    return {
+        **m,
+        "hparams": np.broadcast_to(np.stack([lr, wd, mom], axis=-1)[:, None, :], (*shape, 3)),
+        "ell": np.where(use_h, m["h_tilde"], m["unit_grad_sq"]),
+        "star": np.broadcast_to(th["angular_update"][:, None], shape),
+        "relax": np.broadcast_to(th["relaxation_steps"][:, None], shape),
+        "adamw_norm": np.broadcast_to(th["adamw_weight_norm"][:, None], shape),
+        "heavy_ball": np.broadcast_to(heavy_ball[:, None], shape),
+        "code": code,
+        "prose": prose,
+    }
+
+
+def build(
+    layout: Layout, windows: Windows, steps: np.ndarray, meta: list[list[UnitStep]], raw: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Rows for a block of recorded steps: per-unit metrics vectorised over steps, then windows and theory."""
+    blocks, start = [], 0
+    for ui, u in enumerate(layout.units):
+        parts, start = _unit_rows(u, raw, start)
+        blocks.append(_unit_block(u, parts, [m[ui] for m in meta]))
+    c = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]}
+    win = windows.advance(c["hparams"], c["angular_update"], c["ell"])
+    lr, wd, mom = c["hparams"][..., 0], c["hparams"][..., 1], c["hparams"][..., 2]
+    code, prose = c["code"], c["prose"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm_star = c["adamw_norm"].copy()
+        L = win["l_estimate"]
+        ok = c["heavy_ball"] & (code == "") & (L > 0) & np.isfinite(L) & (lr * wd < 2 * (1 + mom))
+        if ok.any():
+            norm_star[ok] = theory.weight_norm(L[ok], lr[ok], wd[ok], mom[ok])
+        ratio = win["angular_update_rms"] / c["star"]
+        full = win["count"] >= layout.window
+        late = win["since"] * layout.stride > 3 * c["relax"]
+        collapsed = verdict.mark_collapse(code, prose, ratio, full, late, c["heavy_ball"], layout.tol)
+        eq = full & (code == "") & (np.abs(ratio - 1) <= layout.tol)
+        eff = np.where(c["weight_norm"] > 0, lr / c["weight_norm"] ** 2, np.nan)
+    has_theory = (code == "") | collapsed
+    nrows = code.shape[1]
+    out = {
+        "step": np.repeat(steps, nrows),
+        "param": np.tile(layout.names, len(steps)),
+        "channel": np.tile(layout.channels, len(steps)),
+        "lr": lr,
+        "wd": wd,
+        "momentum": mom,
+        **{
+            k: c[k]
+            for k in (
+                "weight_norm",
+                "unit_grad_sq",
+                "h_tilde",
+                "angular_update",
+                "grad_cosine",
+                "unmoved_fraction",
+            )
+        },
+        "effective_lr": eff,
+        "angular_update_rms": win["angular_update_rms"],
+        "angular_update_mean": win["angular_update_mean"],
+        "l_estimate": win["l_estimate"],
+        "theory_angular_update": np.where(has_theory, c["star"], np.nan),
+        "theory_weight_norm": np.where(has_theory, norm_star, np.nan),
+        "in_equilibrium": eq,
+        "reason_code": code,
+        "reason": prose,
+    }
+    return {k: np.ascontiguousarray(out[k]).reshape(-1) if out[k].ndim > 1 else out[k] for k in COLUMNS}
+
+
+def fallback(layout: Layout, steps: np.ndarray, why: str) -> dict[str, np.ndarray]:
+    """Rows for a block whose records could not be computed: every number NaN, the reason says why."""
+    nrows = len(layout.names)
+    n = len(steps) * nrows
+    out: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in COLUMNS}
+    out["step"] = np.repeat(steps, nrows)
+    out["param"] = np.tile(layout.names, len(steps))
+    out["channel"] = np.tile(layout.channels, len(steps))
+    out["in_equilibrium"] = np.zeros(n, dtype=bool)
+    out["reason_code"] = np.full(n, "internal", dtype=object)
+    out["reason"] = np.full(n, f"{REASONS['internal']}: {why}", dtype=object)
+    return out

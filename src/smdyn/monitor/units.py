@@ -1,0 +1,97 @@
+"""Which vectors are monitored: parameter names, ``(name, parameter)`` pairs or ``"auto"`` → units."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from smdyn.monitor.measure import is_sharded
+
+
+@dataclass
+class Unit:
+    """One monitored vector: a weight, or a weight and bias that are scale-invariant only together.
+
+    ``norms`` are the normalising modules that make it invariant (when detection found them): a BatchNorm
+    that uses its running statistics (eval mode) does not normalize, so the weight is not invariant then.
+    """
+
+    name: str
+    tensors: list[nn.Parameter]
+    per_channel: bool
+    rows: int = 1  # output rows: 1, or the number of channels
+    norms: list[nn.Module] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel() for t in self.tensors)
+
+    def norm_frozen(self) -> bool:
+        """A normalising module uses running statistics this step (BatchNorm / InstanceNorm in eval mode)."""
+        return any(not m.training and getattr(m, "running_mean", None) is not None for m in self.norms)
+
+
+def make_unit(
+    name: str, tensors: list[nn.Parameter], per_channel: bool, norms: Sequence[nn.Module] = ()
+) -> Unit:
+    if per_channel and any(is_sharded(t) for t in tensors):
+        raise ValueError(f"{name}: granularity='channel' is not supported for sharded (DTensor) parameters")
+    rows = tensors[0].shape[0] if per_channel and tensors[0].dim() >= 1 else 1
+    if per_channel and any(t.dim() < 1 or t.shape[0] != rows for t in tensors):
+        raise ValueError(f"{name}: tensors of a per-channel unit must share their first dimension")
+    return Unit(
+        name, list(tensors), per_channel and rows > 1, max(rows, 1) if per_channel else 1, list(norms)
+    )
+
+
+def from_found(model: nn.Module, found: list[Any], per_channel: bool) -> list[Unit]:
+    """Units from :func:`smdyn.find_scale_invariant` results, with their normalising modules attached."""
+    named = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    units = []
+    for f in found:
+        norms = [modules[n] for n in f.norm.split(",") if n in modules and f.kind != "weight_norm"]
+        units.append(make_unit(f.name, [named[n] for n in f.params], per_channel and f.per_channel, norms))
+    return units
+
+
+def resolve(
+    model: nn.Module, params: Any, per_channel: bool, example_batch: Any, loss_fn: Callable[..., Any] | None
+) -> list[Unit] | None:
+    """The monitored units, or None when they can only be found from the first forward pass (no fx trace)."""
+    if isinstance(params, str):
+        if params != "auto":
+            raise ValueError(f"params must be 'auto', (name, parameter) pairs or names, got {params!r}")
+        from smdyn.invariance import find_scale_invariant
+
+        if example_batch is None:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                found = find_scale_invariant(model)
+            if not found and any("cannot trace" in str(w.message) for w in caught):
+                return None
+        else:
+            found = find_scale_invariant(model, example_batch, loss_fn)
+        return from_found(model, found, per_channel)
+    named = dict(model.named_parameters())
+    by_id = {id(p): n for n, p in named.items()}
+    units = []
+    for item in params:
+        if isinstance(item, str):
+            missing = [n for n in item.split("+") if n not in named]
+            if missing:
+                raise ValueError(f"params: {missing[0]!r} is not a parameter of the model")
+            units.append(make_unit(item, [named[n] for n in item.split("+")], per_channel))
+        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
+            name, p = item
+            if id(p) not in by_id:
+                raise ValueError(f"params: parameter {name!r} does not belong to the model")
+            units.append(make_unit(str(name), [p], per_channel))
+        else:
+            raise TypeError(f"params: expected a name or a (name, parameter) pair, got {item!r}")
+    return units

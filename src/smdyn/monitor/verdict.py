@@ -1,0 +1,107 @@
+"""Stage 4: which theory applies to each recorded row, its values, and the reason when none does.
+
+A row's reason is decided here, when the row is recorded, and never rewritten. Theory is reported only where
+its assumptions hold for that step: a rule with theory, lr > 0, 0 ≤ momentum < 1, weight decay > 0, a weight
+that is scale-invariant this step (its norm normalizes) and a step that was really applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from smdyn import theory
+from smdyn.monitor.columns import REASONS
+from smdyn.rules import Rule
+
+#: Codes decided on the host when the step is measured (before any device value is known).
+HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "norm_frozen")
+_BELOW_RESOLUTION = 0.5  # fraction of elements that did not move beyond which the step is not the rule's
+
+
+def step_theory(
+    rules: Sequence[Rule], lr: np.ndarray, wd: np.ndarray, mom: np.ndarray, row_numel: int
+) -> dict[str, np.ndarray]:
+    """Per step: Δ*, the AdamW norm w*, the norm's relaxation time, and the theory's reason code and prose."""
+    n = len(lr)
+    star, relax, adamw = np.full(n, np.nan), np.full(n, np.inf), np.full(n, np.nan)
+    code = np.full(n, "", dtype=object)
+    note = np.full(n, "", dtype=object)
+    has = np.array([r.theory for r in rules], dtype=bool)
+    family = np.array([r.family for r in rules], dtype=object)
+    for i in np.flatnonzero(~has):
+        code[i], note[i] = "no_theory", rules[i].note or REASONS["no_theory"]
+    with np.errstate(invalid="ignore"):
+        valid = has & np.isfinite(lr) & (lr > 0) & np.isfinite(wd) & (wd >= 0) & (mom >= 0) & (mom < 1)
+    bad = has & ~valid
+    code[bad], note[bad] = "bad_hparams", REASONS["bad_hparams"]
+    no_wd = valid & (wd == 0)
+    code[no_wd], note[no_wd] = "no_decay", REASONS["no_decay"]
+    ok = valid & (wd > 0)
+    for fam in set(family[ok]):
+        sel = ok & (family == fam)
+        rule = rules[int(np.flatnonzero(sel)[0])]
+        star[sel] = rule.angular_update(lr[sel], wd[sel], mom[sel])
+        relax[sel] = rule.relaxation_steps(lr[sel], wd[sel], mom[sel])
+        if fam == "adamw":
+            adamw[sel] = theory.adamw_weight_norm(lr[sel], wd[sel], row_numel, mom[sel])
+    return {
+        "angular_update": star,
+        "relaxation_steps": relax,
+        "adamw_weight_norm": adamw,
+        "code": code,
+        "note": note,
+    }
+
+
+def row_reasons(
+    host_code: np.ndarray,
+    lr: np.ndarray,
+    m: dict[str, np.ndarray],
+    ww: np.ndarray,
+    finite_grad: np.ndarray,
+    skipped: np.ndarray,
+    th: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``reason_code`` and ``reason`` per ``[steps, rows]``: the first that applies, in ``REASONS`` order."""
+    shape = ww.shape
+    host = np.broadcast_to(np.asarray(host_code, dtype=object)[:, None], shape)
+    with np.errstate(invalid="ignore"):
+        conds = [
+            (host == "frozen", "frozen"),
+            (host == "not_in_optimizer", "not_in_optimizer"),
+            (host == "no_grad", "no_grad"),
+            (skipped > 0, "skipped"),
+            (~np.isfinite(ww), "nonfinite_weight"),
+            (ww == 0, "zero_norm"),
+            (~finite_grad | ~np.isfinite(m["angular_update"]), "nonfinite_grad"),
+            (host == "norm_frozen", "norm_frozen"),
+            ((m["unmoved_fraction"] > _BELOW_RESOLUTION) & (lr[:, None] > 0), "below_resolution"),
+        ]
+    code = np.select([c for c, _ in conds], [k for _, k in conds], default="")
+    code = np.where(code == "", np.broadcast_to(th["code"][:, None], shape), code).astype(object)
+    prose = np.array([REASONS.get(c, "") for c in code.ravel()], dtype=object).reshape(shape)
+    from_theory = np.isin(code, ("no_theory",))
+    prose[from_theory] = np.broadcast_to(th["note"][:, None], shape)[from_theory]
+    return code, prose
+
+
+def mark_collapse(
+    code: np.ndarray,
+    prose: np.ndarray,
+    ratio: np.ndarray,
+    full: np.ndarray,
+    late: np.ndarray,
+    heavy_ball: np.ndarray,
+    tol: float,
+) -> np.ndarray:
+    """Flag rows whose RMS Δ/Δ* sits far below 1 long after the last change: the unit gradient collapses.
+
+    Returns the mask of collapsed rows (their code and prose are set in place).
+    """
+    with np.errstate(invalid="ignore"):
+        collapsed = full & (code == "") & heavy_ball & (ratio < 1 - 2 * tol) & late
+    code[collapsed] = "collapse"
+    prose[collapsed] = REASONS["collapse"]
+    return collapsed

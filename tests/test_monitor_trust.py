@@ -1,0 +1,159 @@
+"""Regression tests of the monitor's guarantees: counted once, bounded, never raises, refuses bad state."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from smdyn import SphericalMonitor
+from smdyn.monitor import COLUMNS, REASONS, records
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16, bias=False), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 2))
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, 8, generator=g)).square().mean().backward()
+        opt.step()
+
+
+class _CallsSuper(torch.optim.SGD):
+    """A subclass whose step() calls the parent's: torch runs the step hooks twice per step."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_a_subclass_calling_super_step_is_counted_once() -> None:
+    model = _model()
+    torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)  # the parent's step is hooked too
+    opt = _CallsSuper(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    calls = []
+    opt.register_step_post_hook(lambda *a: calls.append(1))
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        _train(model, opt, 5)
+    assert len(calls) == 10, "torch really runs the hooks twice a step here"
+    assert mon.step == 5
+    assert list(mon.history()["step"]) == [0, 1, 2, 3, 4]
+    assert set(mon.history()["reason_code"]) == {"no_theory"}  # an overridden step() is not SGD's
+
+
+def test_a_step_that_raised_does_not_leave_the_monitor_stuck() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        _train(model, opt, 2)
+        with pytest.raises(RuntimeError, match="user closure"):
+            opt.step(lambda: (_ for _ in ()).throw(RuntimeError("user closure")))
+        _train(model, opt, 3)
+    assert mon.step == 5
+    assert np.isfinite(mon.history()["angular_update"]).all()
+
+
+def test_history_is_bounded_by_default_and_warns_once_when_rows_are_lost() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    mon = SphericalMonitor(model, opt, params=["0.weight"], history_rows=6, flush_every=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(model, opt, 20)
+        mon.close()
+    assert sum("latest 6 rows" in str(w.message) for w in caught) == 1
+    h = mon.history()
+    assert list(h["step"]) == list(range(14, 20))
+    assert mon.dropped_rows == 14
+    unbounded = SphericalMonitor(model, opt, params=["0.weight"], history_rows=None, flush_every=4)
+    _train(model, opt, 20)
+    unbounded.close()
+    assert len(unbounded.history()["step"]) == 20
+    from smdyn.monitor.history import DEFAULT_ROWS
+
+    assert SphericalMonitor(model, opt, params=["0.weight"])._history.max_rows == DEFAULT_ROWS == 100_000
+
+
+def test_rows_that_cannot_be_computed_are_kept_as_nan_with_a_reason(monkeypatch) -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(records, "build", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with SphericalMonitor(model, opt, params=["0.weight"], flush_every=2) as mon:
+            _train(model, opt, 5)
+    h = mon.history()
+    assert list(h["step"]) == [0, 1, 2, 3, 4]
+    assert set(h["reason_code"]) == {"internal"}
+    assert np.isnan(h["angular_update"]).all()
+    assert any("boom" in str(w.message) for w in caught)
+    assert tuple(h) == COLUMNS
+
+
+def test_group_added_mid_run_and_state_of_another_optimizer_is_refused() -> None:
+    model = _model()
+    first, second = model[0].weight, model[3].weight
+    opt = torch.optim.SGD([first], lr=0.1, weight_decay=1e-3)
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        _train(model, opt, 2)
+        opt.add_param_group({"params": [second], "lr": 0.01})
+        _train(model, opt, 2)
+        state = mon.state_dict()
+    assert mon.step == 4
+    assert np.isfinite(mon.history()["angular_update"]).all()
+    other = SphericalMonitor(model, torch.optim.SGD([first], lr=0.1), params=["0.weight"])
+    with pytest.raises(ValueError, match="2 optimizer param groups, this optimizer has 1"):
+        other.load_state_dict(state)
+    same = SphericalMonitor(model, opt, params=["0.weight"])
+    same.load_state_dict(state)
+    assert same.step == 4
+
+
+def test_a_pre_hook_registered_later_runs_before_the_measurement_from_the_next_step() -> None:
+    """Clipping in a step pre-hook: the monitor measures the clipped gradient."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    seen = []
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        opt.register_step_pre_hook(
+            lambda o, a, k: [nn.utils.clip_grad_norm_(model.parameters(), 1e-3)][:0] or None
+        )
+        opt.register_step_pre_hook(lambda o, a, k: seen.append(float(model[0].weight.grad.norm())))
+        _train(model, opt, 4)
+    h = mon.history()
+    norm = h["weight_norm"]
+    measured = np.sqrt(h["unit_grad_sq"]) / norm
+    np.testing.assert_allclose(measured[1:], seen[1:], rtol=1e-5)
+
+
+def test_every_callable_that_raises_never_reaches_the_training_loop() -> None:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+
+    def every(step: int) -> bool:
+        if step == 2:
+            raise KeyError("schedule bug")
+        return True
+
+    mon = SphericalMonitor(model, opt, params=["0.weight"], every=every)
+    with pytest.warns(RuntimeWarning, match="schedule bug"):
+        _train(model, opt, 4)
+    mon.close()
+    assert list(mon.history()["step"]) == [0, 1, 3]
+    assert mon.step == 4
+
+
+def test_every_reason_code_has_prose() -> None:
+    assert all(isinstance(v, str) and v for v in REASONS.values())
+    assert math.isfinite(len(REASONS))
