@@ -51,6 +51,53 @@ def nan_raw(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
     return raw
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_FAST_MAX = 1 << 15  # CPU float32 dot products stay accurate (≤ 5e-7) up to this many elements
+_TAILS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tail(device: torch.device) -> torch.Tensor:
+    """The constant end of a known-update row: NaN snapshot columns and a 0 skip flag (cached per device)."""
+    t = _TAILS.get(device)
+    if t is None:
+        t = torch.tensor([math.nan] * 5 + [0.0], dtype=torch.float64, device=device)
+        _TAILS[device] = t
+    return t
+
+
+def _six_dots(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_channel: bool) -> torch.Tensor:
+    """[rows, 6] float64: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩ (v = 0 when there is no buffer)."""
+    fast = not per_channel and w.dtype not in _HALF and (w.device.type != "cpu" or w.numel() <= _FAST_MAX)
+    if fast and g.dtype == w.dtype and (v is None or v.dtype == w.dtype):
+        a, b = w.reshape(-1), g.reshape(-1)
+        if v is None:
+            ww, gg, wg = torch.dot(a, a), torch.dot(b, b), torch.dot(a, b)
+            zero = torch.zeros_like(ww)
+            return torch.stack([ww, gg, zero, wg, zero, zero]).to(torch.float64).reshape(1, 6)
+        c = v.reshape(-1)
+        dots = [
+            torch.dot(a, a),
+            torch.dot(b, b),
+            torch.dot(c, c),
+            torch.dot(a, b),
+            torch.dot(a, c),
+            torch.dot(b, c),
+        ]
+        return torch.stack(dots).to(torch.float64).reshape(1, 6)
+    dot, sq = geometry.dot, geometry.sq_norm
+    ww = sq(w, per_channel=per_channel)
+    gg, wg = sq(g, per_channel=per_channel), dot(w, g, per_channel=per_channel)
+    if v is None:  # no momentum buffer (yet): its entries are 0
+        vv = wv = gv = torch.zeros_like(ww)
+    else:
+        vv, wv, gv = (
+            sq(v, per_channel=per_channel),
+            dot(w, v, per_channel=per_channel),
+            dot(g, v, per_channel=per_channel),
+        )
+    return torch.stack([ww, gg, vv, wg, wv, gv], dim=-1).reshape(-1, 6)
+
+
 def gram(
     w: torch.Tensor,
     g: torch.Tensor,
@@ -63,28 +110,19 @@ def gram(
 
     ``inv_scale`` (a 0-d device tensor) unscales a gradient that a gradient scaler handed to a fused
     optimizer still scaled; ``skipped`` (0-d, nonzero when the scaler found inf/NaN) marks the step as one
-    the optimizer will not apply. Neither is read on the host here.
+    the optimizer will not apply. Neither is read on the host here. A small float32 tensor costs about a
+    dozen dispatched ops: six dot products, one stack, one cast and one concatenation.
     """
-    dot, sq = geometry.dot, geometry.sq_norm
-    ww = sq(w, per_channel=per_channel)
-    gg, wg = sq(g, per_channel=per_channel), dot(w, g, per_channel=per_channel)
-    if v is None:  # no momentum buffer (yet): its entries are 0
-        vv = wv = gv = torch.zeros_like(ww)
-    else:
-        vv, wv, gv = (
-            sq(v, per_channel=per_channel),
-            dot(w, v, per_channel=per_channel),
-            dot(g, v, per_channel=per_channel),
-        )
+    dots = _six_dots(w, g, v, per_channel)
     if inv_scale is not None:
-        s = inv_scale.to(device=ww.device, dtype=torch.float64, non_blocking=True)
-        gg, wg, gv = gg * (s * s), wg * s, gv * s
-    skip = torch.zeros_like(ww)
+        s = inv_scale.to(device=dots.device, dtype=torch.float64, non_blocking=True).reshape(1)
+        one = torch.ones_like(s)
+        dots = dots * torch.cat([one, s * s, one, s, one, s])
+    tail = _tail(dots.device).expand(dots.shape[0], 6)
     if skipped is not None:
-        skip = skip + skipped.to(device=ww.device, dtype=torch.float64, non_blocking=True)
-    nan = torch.full_like(ww, math.nan)
-    cols = [ww, gg, vv, wg, wv, gv, nan, nan, nan, nan, nan, skip]
-    return torch.stack(cols, dim=-1).reshape(-1, NRAW)
+        flag = skipped.to(device=dots.device, dtype=torch.float64, non_blocking=True).reshape(1, 1)
+        tail = torch.cat([tail[:, :5], flag.expand(dots.shape[0], 1)], dim=1)
+    return torch.cat([dots, tail], dim=1)
 
 
 def snapshot(w: torch.Tensor) -> torch.Tensor:
@@ -101,6 +139,9 @@ def fill_update(
     holds exactly, so the step measured is the one the rounding really applied.
     """
     work = torch.promote_types(after.dtype, torch.float32)
+    small_cpu = not (per_channel or sharded) and after.device.type == "cpu" and after.numel() <= _FAST_MAX
+    if small_cpu and _fill_small_cpu(raw, before, after, work):
+        return
     b = after.to(work)
     d = before.to(work) - b
     sums = geometry.update_sums(b, d, per_channel=per_channel)
@@ -109,3 +150,21 @@ def fill_update(
     same = (before == after).reshape(before.shape[0] if per_channel else 1, -1)
     unmoved = same.sum(dim=1, dtype=torch.float64)
     raw[:, _SNAP] = torch.cat([sums.reshape(-1, 4), unmoved[:, None]], dim=1)
+
+
+def _fill_small_cpu(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> bool:
+    """One tensor on the CPU: three dot products; False (nothing written) when the step is mostly radial.
+
+    ‖d⊥‖² is left NaN, so the host forms ‖d‖² − ⟨d,b⟩²/‖b‖², which is exact enough while the step is mostly
+    tangential; a mostly radial step (where that difference cancels) takes the projected path of
+    ``geometry.update_sums``. Reading the three sums here is a CPU read, not a device synchronisation.
+    """
+    b = after.reshape(-1).to(work)
+    d = before.reshape(-1).to(work) - b
+    sums = torch.stack([torch.dot(b, b), torch.dot(d, b), torch.dot(d, d)]).to(torch.float64)
+    bb, db, dd = sums.tolist()
+    if db * db > 0.25 * dd * bb:
+        return False
+    unmoved = (before == after).sum(dtype=torch.float64).reshape(1)
+    raw[0, _SNAP] = torch.cat([sums, _tail(raw.device)[:1], unmoved])
+    return True
