@@ -23,10 +23,10 @@ import torch
 from smdyn import geometry
 
 #: Raw per-tensor reductions, in this column order.
-RAW = ("ww", "gg", "vv", "wg", "wv", "gv", "bb", "db", "dd", "dperp", "unmoved", "skip")
+RAW = ("ww", "gg", "vv", "wg", "wv", "gv", "bb", "db", "dd", "dperp", "pb", "pp", "unmoved", "skip")
 NRAW = len(RAW)
 I = {name: i for i, name in enumerate(RAW)}  # noqa: E741 - column index by name
-_SNAP = slice(I["bb"], I["unmoved"] + 1)  # the five columns the snapshot path fills after the step
+_SNAP = slice(I["bb"], I["unmoved"] + 1)  # the columns the snapshot path fills after the step
 
 
 def is_sharded(x: torch.Tensor) -> bool:
@@ -60,7 +60,7 @@ def _tail(device: torch.device) -> torch.Tensor:
     """The constant end of a known-update row: NaN snapshot columns and a 0 skip flag (cached per device)."""
     t = _TAILS.get(device)
     if t is None:
-        t = torch.tensor([math.nan] * 5 + [0.0], dtype=torch.float64, device=device)
+        t = torch.tensor([math.nan] * 7 + [0.0], dtype=torch.float64, device=device)
         _TAILS[device] = t
     return t
 
@@ -118,10 +118,10 @@ def gram(
         s = inv_scale.to(device=dots.device, dtype=torch.float64, non_blocking=True).reshape(1)
         one = torch.ones_like(s)
         dots = dots * torch.cat([one, s * s, one, s, one, s])
-    tail = _tail(dots.device).expand(dots.shape[0], 6)
+    tail = _tail(dots.device).expand(dots.shape[0], NRAW - 6)
     if skipped is not None:
         flag = skipped.to(device=dots.device, dtype=torch.float64, non_blocking=True).reshape(1, 1)
-        tail = torch.cat([tail[:, :5], flag.expand(dots.shape[0], 1)], dim=1)
+        tail = torch.cat([tail[:, :-1], flag.expand(dots.shape[0], 1)], dim=1)
     return torch.cat([dots, tail], dim=1)
 
 
@@ -139,8 +139,8 @@ def fill_update(
     holds exactly, so the step measured is the one the rounding really applied.
     """
     work = torch.promote_types(after.dtype, torch.float32)
-    small_cpu = not (per_channel or sharded) and after.device.type == "cpu" and after.numel() <= _FAST_MAX
-    if small_cpu and _fill_small_cpu(raw, before, after, work):
+    if not (per_channel or sharded) and after.numel() <= _FAST_MAX:
+        _fill_small(raw, before, after, work)
         return
     b = after.to(work)
     d = before.to(work) - b
@@ -149,22 +149,21 @@ def fill_update(
         sums[..., 3] = math.nan
     same = (before == after).reshape(before.shape[0] if per_channel else 1, -1)
     unmoved = same.sum(dim=1, dtype=torch.float64)
-    raw[:, _SNAP] = torch.cat([sums.reshape(-1, 4), unmoved[:, None]], dim=1)
+    nan = torch.full_like(unmoved[:, None], math.nan).expand(-1, 2)
+    raw[:, _SNAP] = torch.cat([sums.reshape(-1, 4), nan, unmoved[:, None]], dim=1)
 
 
-def _fill_small_cpu(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> bool:
-    """One tensor on the CPU: three dot products; False (nothing written) when the step is mostly radial.
+def _fill_small(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
+    """One small tensor: ‖b‖², ⟨d,b⟩, ‖d‖² and the two sums of the projected step, with no host read.
 
-    ‖d⊥‖² is left NaN, so the host forms ‖d‖² − ⟨d,b⟩²/‖b‖², which is exact enough while the step is mostly
-    tangential; a mostly radial step (where that difference cancels) takes the projected path of
-    ``geometry.update_sums``. Reading the three sums here is a CPU read, not a device synchronisation.
+    With c = ⟨d,b⟩/‖b‖² and p = d − c·b (the step with its radial part removed, up to rounding), the host
+    takes ‖d⊥‖² = ‖p‖² − ⟨p,b⟩²/‖b‖², accurate whether the step is mostly tangential or mostly radial
+    (docs/design.md §2), so no branch on a device value is needed.
     """
     b = after.reshape(-1).to(work)
     d = before.reshape(-1).to(work) - b
-    sums = torch.stack([torch.dot(b, b), torch.dot(d, b), torch.dot(d, d)]).to(torch.float64)
-    bb, db, dd = sums.tolist()
-    if db * db > 0.25 * dd * bb:
-        return False
+    bb, db = torch.dot(b, b), torch.dot(d, b)
+    p = d - (db / bb) * b
+    sums = torch.stack([bb, db, torch.dot(d, d), torch.dot(p, b), torch.dot(p, p)]).to(torch.float64)
     unmoved = (before == after).sum(dtype=torch.float64).reshape(1)
-    raw[0, _SNAP] = torch.cat([sums, _tail(raw.device)[:1], unmoved])
-    return True
+    raw[0, _SNAP] = torch.cat([sums[:3], _tail(raw.device)[:1], sums[3:], unmoved])

@@ -42,11 +42,21 @@ def known_update_angle(parts: list[np.ndarray], coeffs: list[np.ndarray]) -> np.
 
 
 def snapshot_angle(parts: list[np.ndarray]) -> np.ndarray:
-    """Δ from the sums relative to b = w_{t+1} (``geometry.update_sums``), added over tensors and shards."""
+    """Δ from the sums relative to b = w_{t+1} (``geometry.update_sums``), added over tensors and shards.
+
+    A single tensor carries an exact ‖d⊥‖²: from ``update_sums`` (``dperp``), or from the projected step
+    p = d − c·b (``pb`` = ⟨p,b⟩, ``pp`` = ‖p‖²). Pairs and shards add their sums and form the one-pass
+    ‖d‖² − ⟨d,b⟩²/‖b‖².
+    """
     bb, db, dd = _total(parts, "bb"), _total(parts, "db"), _total(parts, "dd")
-    one_pass = dd - db**2 / bb  # for pairs and shards; a single local tensor has the exact ‖d⊥‖²
-    exact = _col(parts[0], "dperp")
-    perp = one_pass if len(parts) > 1 else np.where(np.isfinite(exact), exact, one_pass)
+    one_pass = dd - db**2 / bb
+    if len(parts) > 1:
+        perp = one_pass
+    else:
+        p = parts[0]
+        projected = _col(p, "pp") - _col(p, "pb") ** 2 / bb
+        exact = np.where(np.isfinite(_col(p, "dperp")), _col(p, "dperp"), projected)
+        perp = np.where(np.isfinite(exact), exact, one_pass)
     return geometry.angle_from_sums(np.stack(np.broadcast_arrays(bb, db, dd, perp), axis=-1))
 
 
