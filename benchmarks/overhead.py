@@ -1,38 +1,45 @@
-"""Training-step overhead of SphericalMonitor, as ratios against bare training in the same process.
+"""Time the monitor adds to a training step, as a share of the bare step measured in the same process.
 
-Variants, interleaved round by round so drift in machine speed hits them all alike:
-  bare            plain SGD-momentum steps
-  every=1         SphericalMonitor recording every step (flush every 100)
-  every=10        SphericalMonitor recording every 10th step
-  naive           what one writes by hand: clone every weight before the step, then float32 ``arccos`` of
-                  the normalised dot product and ``.item()`` per parameter after it
+Variants, interleaved round by round (the order rotates) so drift in machine speed hits them all alike:
+  bare     the training step alone
+  smdyn    SphericalMonitor recording every step (flush every 100, no in-memory history)
+  every10  SphericalMonitor recording every 10th step
+  naive    what one writes by hand: clone every monitored weight before the step, then float32 ``acos`` of
+           the normalised dot product and ``.item()`` per weight after it (fast, and wrong below Δ ≈ 1e-2)
+  req      a logger in the style of REQ's (Kosson et al. 2024), written from its description: clone every
+           parameter and deep-copy the optimizer state each logged step, ``acos`` of the float32 cosine
 
-Models: CIFAR-style ResNet-18 (11.2M parameters) and ResNet-20 (0.27M), batch 128, 32×32 inputs, 2 CPU threads
-by default; ``--device cuda`` runs the same on a GPU and checks that no step synchronises with the host
-(``torch.cuda.set_sync_debug_mode("error")`` around monitored steps).
+Cases (``--case``):
+  mlp_sgdm     LayerNorm MLP, 6 × (Linear 512→512 with bias → LayerNorm), batch 64, SGD-momentum
+  mlp_adamw    the same with AdamW
+  tiny_blocks  500 × (Conv2d(8, 8, 3, padding=1) → BatchNorm2d(8)) on a 1×8×8×8 input, SGD-momentum
+  resnet20     CIFAR ResNet-20, batch 64, 32×32 inputs, SGD-momentum
 
-Usage: python benchmarks/overhead.py [--model resnet18 resnet20] [--steps 10] [--rounds 3] [--device cpu]
-Reported: median step time per variant and its ratio to bare (ratio − 1 is the overhead).
+Reported per case: the median step time of each variant (over rounds), the min–max spread, and the overhead
+(median ratio to bare − 1). ``--device cuda`` runs the same on a GPU.
+
+Usage: python benchmarks/overhead.py [--case ...] [--steps 20] [--rounds 5] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from smdyn import SphericalMonitor
-from smdyn.experiments.models import build_model
 
 
 class NaiveMonitor:
-    """The hand-written monitor smdyn replaces: a snapshot, ``arccos`` and a host sync per parameter."""
+    """The hand-written monitor smdyn replaces: a snapshot, ``acos`` and a host sync per weight."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.params = [p for n, p in model.named_parameters() if p.dim() > 1 and "fc" not in n]
+    def __init__(self, params: list[nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        self.params = params
         self.values: list[float] = []
         self._snap: list[torch.Tensor] = []
         self._h = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
@@ -43,16 +50,59 @@ class NaiveMonitor:
     def _post(self, *_: object) -> None:
         for p, w in zip(self.params, self._snap, strict=True):
             cos = torch.dot(w.flatten(), p.detach().flatten()) / (w.norm() * p.detach().norm())
-            self.values.append(torch.arccos(cos.clamp(-1, 1)).item())
+            self.values.append(torch.acos(cos.clamp(-1, 1)).item())
 
     def close(self) -> None:
         for h in self._h:
             h.remove()
 
 
-def _time_steps(model, opt, x, y, steps: int, device: str, check_sync: bool = False) -> float:
-    loss_fn = nn.CrossEntropyLoss()
+class ReqStyleLogger(NaiveMonitor):
+    """REQ-style logging: every parameter cloned and the optimizer state deep-copied each logged step."""
 
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(list(model.parameters()), optimizer)
+        self.optimizer = optimizer
+        self.state: object = None
+
+    def _pre(self, *_: object) -> None:
+        super()._pre()
+        self.state = copy.deepcopy(self.optimizer.state)
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(*[nn.Sequential(nn.Linear(512, 512), nn.LayerNorm(512)) for _ in range(6)])
+
+
+def _tiny_blocks() -> nn.Module:
+    return nn.Sequential(
+        *[nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)) for _ in range(500)]
+    )
+
+
+def _case(name: str, device: str) -> tuple[nn.Module, torch.optim.Optimizer, Callable[[], torch.Tensor]]:
+    torch.manual_seed(0)
+    if name.startswith("mlp"):
+        model, x = _mlp(), torch.randn(64, 512)
+    elif name == "tiny_blocks":
+        model, x = _tiny_blocks(), torch.randn(1, 8, 8, 8)
+    elif name == "resnet20":
+        from smdyn.experiments.models import build_model
+
+        model, x = build_model("resnet20"), torch.randn(64, 3, 32, 32)
+    else:
+        raise SystemExit(f"unknown case {name!r}")
+    model, x = model.to(device), x.to(device)
+    if name == "mlp_adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-2)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return model, opt, lambda: model(x).float().square().mean()
+
+
+def _time_steps(
+    opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], steps: int, device: str
+) -> float:
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
@@ -61,66 +111,61 @@ def _time_steps(model, opt, x, y, steps: int, device: str, check_sync: bool = Fa
     t0 = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        if check_sync:
-            torch.cuda.set_sync_debug_mode("error")
+        loss().backward()
         opt.step()
-        if check_sync:
-            torch.cuda.set_sync_debug_mode(0)
     sync()
     return (time.perf_counter() - t0) / steps
 
 
-def bench(name: str, steps: int, rounds: int, device: str, batch: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = build_model(name).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    _time_steps(model, opt, x, y, 2, device)  # warm-up: momentum buffers, allocator, kernels
-    times: dict[str, list[float]] = {"bare": [], "every=1": [], "every=10": [], "naive": []}
-    order = list(times)
+_VARIANTS = ("bare", "smdyn", "every10", "naive", "req")
+
+
+def bench(name: str, steps: int, rounds: int, device: str) -> dict[str, list[float]]:
+    model, opt, loss = _case(name, device)
+    probe = SphericalMonitor(model, opt, keep_history=False)
+    monitored = [t for u in probe.units for t in u.tensors]
+    probe.close()
+    _time_steps(opt, loss, 3, device)  # warm-up: buffers, allocator, kernels
+    times: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     for r in range(rounds):
-        for variant in order[r % 4 :] + order[: r % 4]:  # rotate: no variant always runs first
-            mon = None
-            if variant.startswith("every"):
-                every = int(variant.split("=")[1])
-                mon = SphericalMonitor(model, opt, every=every, flush_every=100, keep_history=False)
+        for variant in _VARIANTS[r % 5 :] + _VARIANTS[: r % 5]:
+            attached: object = None
+            if variant in ("smdyn", "every10"):
+                every = 1 if variant == "smdyn" else 10
+                attached = SphericalMonitor(model, opt, every=every, flush_every=100, keep_history=False)
             elif variant == "naive":
-                mon = NaiveMonitor(model, opt)
-            check = device == "cuda" and variant.startswith("every")
-            times[variant].append(_time_steps(model, opt, x, y, steps, device, check_sync=check))
-            if mon is not None:
-                mon.close()
-    return {k: statistics.median(v) for k, v in times.items()}
+                attached = NaiveMonitor(monitored, opt)
+            elif variant == "req":
+                attached = ReqStyleLogger(model, opt)
+            times[variant].append(_time_steps(opt, loss, steps, device))
+            if attached is not None:
+                attached.close()
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", nargs="+", default=["resnet20", "resnet18_cifar"])
-    parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--case", nargs="+", default=["mlp_sgdm", "mlp_adamw", "tiny_blocks", "resnet20"])
+    parser.add_argument("--steps", type=int, default=20, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"torch {torch.__version__}, device {args.device}, "
-        f"threads {torch.get_num_threads()}, batch {args.batch}"
-    )
-    for name in args.model:
-        med = bench(name, args.steps, args.rounds, args.device, args.batch)
-        base = med["bare"]
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    for name in args.case:
+        times = bench(name, args.steps, args.rounds, args.device)
+        base = statistics.median(times["bare"])
         print(
-            f"\n{name}: bare {base * 1e3:.1f} ms/step (median of {args.rounds} rounds × {args.steps} steps)"
+            f"\n{name}: bare {base * 1e3:.2f} ms/step (median of {args.rounds} rounds × {args.steps} steps)"
         )
-        for variant, t in med.items():
+        for variant, ts in times.items():
+            med = statistics.median(ts)
             print(
-                f"  {variant:<9} {t * 1e3:9.1f} ms/step   ratio {t / base:.4f}   "
-                f"overhead {100 * (t / base - 1):+.2f}%"
+                f"  {variant:<8} {med * 1e3:9.2f} ms/step  [{min(ts) * 1e3:.2f}–{max(ts) * 1e3:.2f}]  "
+                f"overhead {100 * (med / base - 1):+6.1f}%"
             )
 
 

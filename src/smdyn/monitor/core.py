@@ -375,7 +375,7 @@ class SphericalMonitor:
             )
             batch = records.fallback(self._layout, steps, repr(exc))
         dropped = self._history.append(batch)
-        if dropped and not self.sinks:
+        if dropped and not self.sinks and self._history.max_rows != 0:
             self._warn_once(
                 "bound",
                 f"smdyn: the monitor keeps the latest {self._history.max_rows} rows in "
