@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from smdyn import theory
-from smdyn.monitor import measure, records
+from smdyn.monitor import batch, measure, records
 from smdyn.monitor.columns import COLUMNS
 from smdyn.monitor.distributed import ShardPlan, is_rank_zero, to_host
 from smdyn.monitor.history import DEFAULT_ROWS, History
@@ -102,9 +102,8 @@ class SphericalMonitor:
         self._ngroups = -1
         self._first_batch: Any = None
         self._capture: Any = None
-        self._pending: list[tuple[int, list[records.UnitStep], list[torch.Tensor]]] = []
-        self._snap: list[list[torch.Tensor | None]] | None = None
-        self._current: tuple[int, list[records.UnitStep], list[torch.Tensor]] | None = None
+        self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
+        self._current: tuple[int, list[records.UnitStep], batch.StepMeasurement] | None = None
         self._outer: tuple[int, Any] | None = None  # (frame id, code) of the step() call being measured
         self._latest: dict[str, np.ndarray] = {}
         self._warned: set[str] = set()
@@ -151,6 +150,7 @@ class SphericalMonitor:
             self.every if isinstance(self.every, int) else 1,
         )
         self._windows = Windows(len(names), self.window)
+        self._raw_rows = sum(u.rows for u in units for _ in u.tensors)  # device rows: one set per tensor
 
     def _sync_groups(self) -> None:
         """Map parameters to param groups; re-done when ``add_param_group`` adds one mid-run."""
@@ -242,7 +242,6 @@ class SphericalMonitor:
             self._warn_once("post", f"smdyn monitor skipped step {self.step}: {exc!r}")
         finally:
             self._current = None
-            self._snap = None
             self.step += 1
             _keep_last(optimizer._optimizer_step_pre_hooks, self._handles[0].id)
         if len(self._pending) >= self.flush_every:
@@ -287,7 +286,7 @@ class SphericalMonitor:
             )
 
     def _measure_before(self) -> None:
-        """Gram entries of (w, g, v) per tensor on its device; hyper-parameters and rule on the host."""
+        """Reductions of (w, g, v) on the device (``batch``); hyper-parameters and rule on the host."""
         opt = self.optimizer
         groups, state = opt.param_groups, opt.state
         rules = [rule_for(opt, g) for g in groups]
@@ -295,62 +294,41 @@ class SphericalMonitor:
         inv_scale = torch.reciprocal(scale) if isinstance(scale, torch.Tensor) else None
         found_inf = getattr(opt, "found_inf", None)
         found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
-        raws: list[torch.Tensor] = []
+        items: list[batch.Item] = []
         meta: list[records.UnitStep] = []
-        snap: list[list[torch.Tensor | None]] = []
+        row = 0
         for u in self.units:
             gis = [self._group_of.get(id(t)) for t in u.tensors]
+            nrows = [t.shape[0] if u.per_channel else 1 for t in u.tensors]
             if any(gi is None for gi in gis):
-                raws += [measure.nan_raw(t, u.per_channel) for t in u.tensors]
-                meta.append(
-                    records.UnitStep(
-                        math.nan,
-                        math.nan,
-                        math.nan,
-                        _NOT_IN_OPTIMIZER,
-                        (None,) * len(u.tensors),
-                        "not_in_optimizer",
-                    )
-                )
-                snap.append([None] * len(u.tensors))
+                for t, n in zip(u.tensors, nrows, strict=True):
+                    items.append(batch.Item(t, row, n, u.per_channel, None, None, False))
+                    row += n
+                coeffs = (None,) * len(u.tensors)
+                meta.append(records.UnitStep(*(math.nan,) * 3, _NOT_IN_OPTIMIZER, coeffs, "not_in_optimizer"))
                 continue
             rule = rules[gis[0]]
             coeffs: list[Any] = []
-            usnap: list[torch.Tensor | None] = []
-            for t, gi in zip(u.tensors, gis, strict=True):
-                g = measure.local(t.grad)
-                if g is None or not t.requires_grad:
-                    raws.append(measure.nan_raw(t, u.per_channel))
-                    coeffs.append(None)
-                    usnap.append(None)
-                    continue
-                w = measure.local(t.detach())
-                v = measure.local(state.get(t, {}).get(rule.buffer)) if rule.buffer else None
-                raws.append(measure.gram(w, g, v, u.per_channel, inv_scale, found_inf))
-                tr = rules[gi]
-                if tr.coefficients is not None and t.dtype in _EXACT_FORMATS:
-                    coeffs.append(tr.coefficients(groups[gi], v is not None))
-                    usnap.append(None)
-                else:
-                    coeffs.append(None)
-                    usnap.append(measure.snapshot(w))
+            for t, gi, n in zip(u.tensors, gis, nrows, strict=True):
+                g = measure.local(t.grad) if t.requires_grad else None
+                v = (
+                    measure.local(state.get(t, {}).get(rule.buffer))
+                    if rule.buffer and g is not None
+                    else None
+                )
+                known = g is not None and rules[gi].coefficients is not None and t.dtype in _EXACT_FORMATS
+                coeffs.append(rules[gi].coefficients(groups[gi], v is not None) if known else None)
+                items.append(batch.Item(t, row, n, u.per_channel, g, v, g is not None and not known))
+                row += n
             lr, wd, mom = rule.hparams(groups[gis[0]])
             meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), _host_code(u)))
-            snap.append(usnap)
-        self._snap = snap if any(s is not None for us in snap for s in us) else None
-        self._current = (self.step, meta, raws)
+        self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf))
 
     def _measure_after(self) -> None:
-        step, meta, raws = self._current
-        if self._snap is not None:
-            i = 0
-            for u, usnap in zip(self.units, self._snap, strict=True):
-                for t, before in zip(u.tensors, usnap, strict=True):
-                    if before is not None:
-                        after = measure.local(t.detach())
-                        measure.fill_update(raws[i], before, after, u.per_channel, measure.is_sharded(t))
-                    i += 1
-        self._pending.append((step, meta, raws))
+        step, meta, m = self._current
+        if m.needs_after:
+            batch.measure_after(m)
+        self._pending.append((step, meta, m))
 
     # ------------------------------------------------------------------ host side
 
@@ -365,7 +343,7 @@ class SphericalMonitor:
         pending, self._pending = self._pending, []
         steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
         try:
-            raw = to_host([raws for _, _, raws in pending], self._shards)  # [steps, rows, NRAW]: one copy
+            raw = to_host([m for _, _, m in pending], self._raw_rows, self._shards)
             batch = records.build(self._layout, self._windows, steps, [m for _, m, _ in pending], raw)
         except Exception as exc:
             self._warn_once(

@@ -71,35 +71,38 @@ class ShardPlan:
                     "SphericalMonitor: ranks monitor different parameters; all must monitor the same ones"
                 )
 
-    def reduce(self, stacked: torch.Tensor) -> torch.Tensor:
-        """Sum [steps, rows, 10] partial sums over the shards in place: one all-reduce per mesh dim."""
+    def reduce(self, stacked: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """Sum [steps, rows, NRAW] partial sums over the shards: one all-reduce per mesh dim.
+
+        ``index`` [steps, rows] gives the record row of each stacked row (blocks come in any order).
+        """
         if not self.first:
-            mask = self.replicated_rows.to(stacked.device)[None, :, None]
+            rows = self.replicated_rows[torch.from_numpy(index)]
+            mask = rows.to(stacked.device)[:, :, None]
             stacked = torch.where(mask, torch.zeros((), dtype=stacked.dtype, device=stacked.device), stacked)
         for group in self.groups:
             torch.distributed.all_reduce(stacked, group=group)
         return stacked
 
 
-def to_host(per_step: list[list[torch.Tensor]], shards: ShardPlan | None) -> np.ndarray:
-    """Stack the per-tensor reductions of many steps and move them to the host, one copy per device.
+def to_host(steps: list[Any], nrows: int, shards: ShardPlan | None) -> np.ndarray:
+    """The record rows of many steps as one ``[steps, rows, NRAW]`` float64 array: one copy per device.
 
-    With sharded parameters the local partial sums are first added across shards: one all-reduce for all
-    parameters and all buffered steps together.
+    Each step's blocks (``batch.StepMeasurement``) are concatenated per device and the steps stacked, so
+    every device moves its rows to the host once; the host puts each block's rows where they belong. With
+    sharded parameters the partial sums are first added across shards: one all-reduce for all parameters
+    and all buffered steps together.
     """
-    devices = list(dict.fromkeys(r.device for r in per_step[0]))
-    stacked = {
-        d: torch.stack([torch.cat([r for r in raws if r.device == d]) for raws in per_step]) for d in devices
-    }
-    if shards is not None:
-        (d,) = devices  # ShardPlan.build refuses sharded models spread over several devices
-        stacked[d] = shards.reduce(stacked[d])
-    host = {d: x.cpu().numpy() for d, x in stacked.items()}
-    if len(devices) == 1:
-        return host[devices[0]]
-    offsets, parts = dict.fromkeys(devices, 0), []
-    for r in per_step[0]:
-        o = offsets[r.device]
-        parts.append(host[r.device][:, o : o + r.shape[0]])
-        offsets[r.device] = o + r.shape[0]
-    return np.concatenate(parts, axis=1)
+    ncols = steps[0].blocks[0].shape[1]
+    out = np.full((len(steps), nrows, ncols), np.nan)
+    devices = list(dict.fromkeys(b.device for b in steps[0].blocks))
+    for d in devices:
+        parts = [[(b, ix) for b, ix in zip(m.blocks, m.index, strict=True) if b.device == d] for m in steps]
+        stacked = torch.stack([torch.cat([b for b, _ in p]) for p in parts])  # [steps, rows on d, NRAW]
+        index = [np.concatenate([ix for _, ix in p]) for p in parts]
+        if shards is not None:
+            stacked = shards.reduce(stacked, np.stack(index))
+        host = stacked.cpu().numpy()
+        for s, ix in enumerate(index):
+            out[s, ix] = host[s]
+    return out

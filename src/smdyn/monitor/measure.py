@@ -52,7 +52,7 @@ def nan_raw(t: torch.Tensor, per_channel: bool) -> torch.Tensor:
 
 
 _HALF = (torch.float16, torch.bfloat16)
-_FAST_MAX = 1 << 15  # CPU float32 dot products stay accurate (≤ 5e-7) up to this many elements
+FAST_MAX = 1 << 15  # CPU float32 dot products stay accurate (≤ 5e-7) up to this many elements
 _TAILS: dict[torch.device, torch.Tensor] = {}
 
 
@@ -67,7 +67,7 @@ def _tail(device: torch.device) -> torch.Tensor:
 
 def _six_dots(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_channel: bool) -> torch.Tensor:
     """[rows, 6] float64: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩ (v = 0 when there is no buffer)."""
-    fast = not per_channel and w.dtype not in _HALF and (w.device.type != "cpu" or w.numel() <= _FAST_MAX)
+    fast = not per_channel and w.dtype not in _HALF and (w.device.type != "cpu" or w.numel() <= FAST_MAX)
     if fast and g.dtype == w.dtype and (v is None or v.dtype == w.dtype):
         a, b = w.reshape(-1), g.reshape(-1)
         if v is None:
@@ -113,7 +113,13 @@ def gram(
     the optimizer will not apply. Neither is read on the host here. A small float32 tensor costs about a
     dozen dispatched ops: six dot products, one stack, one cast and one concatenation.
     """
-    dots = _six_dots(w, g, v, per_channel)
+    return finish_row(_six_dots(w, g, v, per_channel), inv_scale, skipped)
+
+
+def finish_row(
+    dots: torch.Tensor, inv_scale: torch.Tensor | None, skipped: torch.Tensor | None
+) -> torch.Tensor:
+    """[rows, 6] Gram entries → [rows, NRAW] rows: unscaled, with NaN snapshot columns and the skip flag."""
     if inv_scale is not None:
         s = inv_scale.to(device=dots.device, dtype=torch.float64, non_blocking=True).reshape(1)
         one = torch.ones_like(s)
@@ -139,7 +145,7 @@ def fill_update(
     holds exactly, so the step measured is the one the rounding really applied.
     """
     work = torch.promote_types(after.dtype, torch.float32)
-    if not (per_channel or sharded) and after.numel() <= _FAST_MAX:
+    if not (per_channel or sharded) and after.numel() <= FAST_MAX:
         _fill_small(raw, before, after, work)
         return
     b = after.to(work)
