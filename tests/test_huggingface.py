@@ -329,3 +329,86 @@ def test_auto_on_untraceable_model_warns_and_training_goes_on(tmp_path: Path) ->
         trainer.train()
     assert trainer.state.global_step == 3
     assert not any("/" in k for _, d in logs.seen for k in d)
+
+
+# ------------------------------------------------------------------------------ never abort training
+
+
+class _NoNorm(nn.Module):
+    """Nothing scale-invariant: Linear -> ReLU -> Linear, no normalisation layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        logits = self.head(torch.relu(self.fc1(x)))
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _runtime_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [
+        str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "smdyn" in str(w.message)
+    ]
+
+
+@pytest.mark.parametrize("which", ["auto", "stranger"])
+def test_nothing_to_monitor_goes_idle_with_one_warning(tmp_path: Path, which: str) -> None:
+    """A model without a scale-invariant weight (or a parameter that is not the model's): training goes on."""
+    params = "auto" if which == "auto" else [("stranger", nn.Parameter(torch.ones(3)))]
+    cb, logs = SphericalMonitorCallback(params), _Logs()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _train(tmp_path, [cb, logs], model=_NoNorm(), max_steps=6)
+    assert trainer.state.global_step == 6
+    messages = _runtime_warnings(caught)
+    assert len(messages) == 1, messages
+    assert "SphericalMonitorCallback is idle" in messages[0] and "on_train_begin" in messages[0]
+    assert ("no parameters to monitor" if which == "auto" else "does not belong") in messages[0]
+    assert not any("/" in k for _, d in logs.seen for k in d)
+
+
+def test_a_failing_hook_warns_once_and_training_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smdyn.monitor import SphericalMonitor
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("summary broke")
+
+    monkeypatch.setattr(SphericalMonitor, "summary", broken)
+    cb = SphericalMonitorCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _train(tmp_path, [cb], max_steps=12)  # logs at steps 5 and 10
+    assert trainer.state.global_step == 12
+    messages = _runtime_warnings(caught)
+    assert len(messages) == 1 and "on_log: RuntimeError: summary broke" in messages[0], messages
+    assert cb.monitor.step == 5  # stopped at the first logging step: its hooks are gone
+    from smdyn.integrations.huggingface import _unwrap
+
+    assert len(_unwrap(trainer.optimizer)._optimizer_step_pre_hooks) == 0
+
+
+def test_monitor_kwargs_as_a_mapping_or_as_keywords(tmp_path: Path) -> None:
+    as_mapping = SphericalMonitorCallback(monitor_kwargs={"window": 4, "tol": 2.0, "history_rows": 50})
+    as_keywords = SphericalMonitorCallback(window=4, tol=2.0, history_rows=50)
+    histories = []
+    for cb in (as_mapping, as_keywords):
+        _train(tmp_path / str(len(histories)), [cb], max_steps=6)
+        assert cb.monitor.window == 4 and cb.monitor.tol == 2.0
+        histories.append(cb.monitor.history())
+    for key, values in histories[0].items():
+        np.testing.assert_array_equal(values, histories[1][key], err_msg=key)
+    with pytest.raises(TypeError, match="window given both"):
+        SphericalMonitorCallback(window=4, monitor_kwargs={"window": 8})
+    with pytest.raises(TypeError, match="windw"):
+        SphericalMonitorCallback(windw=4)
+    with pytest.raises(ValueError, match="window"):  # checked by the monitor itself, before training
+        SphericalMonitorCallback(monitor_kwargs={"window": 1})
+    with pytest.raises(ValueError, match="params"):
+        SphericalMonitorCallback("everything")

@@ -386,3 +386,82 @@ def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(integration, "_BUILT", {})
     with pytest.raises(ImportError, match=r"pip install smdyn\[lightning\]"):
         integration.SphericalMonitorCallback  # noqa: B018
+
+
+# ------------------------------------------------------------------------------ never abort training
+
+
+class _NoNorm(_Net):
+    """Nothing scale-invariant: a plain MLP, no normalisation layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.net.parameters(), lr=_LR, momentum=_MOM, weight_decay=_WD)
+
+
+def _smdyn_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [
+        str(w.message) for w in caught if issubclass(w.category, RuntimeWarning) and "smdyn" in str(w.message)
+    ]
+
+
+@pytest.mark.parametrize("which", ["monitor", "rescaler"])
+def test_nothing_to_monitor_or_rescale_goes_idle_with_one_warning(tmp_path: Path, which: str) -> None:
+    cb = SphericalMonitorCallback() if which == "monitor" else RescalerCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, [cb], steps=4, module=_NoNorm())
+    assert trainer.global_step == 4
+    messages = _smdyn_warnings(caught)
+    assert len(messages) == 1, messages
+    name = "SphericalMonitorCallback" if which == "monitor" else "RescalerCallback"
+    assert f"{name} is idle" in messages[0] and "on_train_start" in messages[0]
+    assert ("no parameters to monitor" if which == "monitor" else "found no scale-invariant") in messages[0]
+    assert cb.state_dict() == {}  # idle: nothing for the checkpoint
+
+
+def test_a_failing_hook_warns_once_and_fit_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smdyn.monitor import SphericalMonitor
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("summary broke")
+
+    monkeypatch.setattr(SphericalMonitor, "summary", broken)
+    cb = SphericalMonitorCallback()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _fit(tmp_path, [cb], steps=12)  # logs at steps 5 and 10
+    assert trainer.global_step == 12
+    messages = _smdyn_warnings(caught)
+    assert len(messages) == 1 and "on_train_batch_end: RuntimeError: summary broke" in messages[0], messages
+    assert cb.monitor.step == 5  # closed at the first logging step
+    assert len(trainer.optimizers[0]._optimizer_step_pre_hooks) == 0
+    assert cb.state_dict() == {}
+
+
+def test_monitor_kwargs_as_a_mapping_or_as_keywords(tmp_path: Path) -> None:
+    as_mapping = SphericalMonitorCallback(monitor_kwargs={"window": 4, "tol": 2.0})
+    as_keywords = SphericalMonitorCallback(window=4, tol=2.0)
+    histories = []
+    for cb in (as_mapping, as_keywords):
+        _fit(tmp_path / str(len(histories)), [cb], steps=4)
+        assert cb.monitor.window == 4 and cb.monitor.tol == 2.0
+        histories.append(cb.monitor.history())
+    for key, values in histories[0].items():
+        np.testing.assert_array_equal(values, histories[1][key], err_msg=key)
+    with pytest.raises(TypeError, match="tol given both"):
+        SphericalMonitorCallback(tol=1.0, monitor_kwargs={"tol": 2.0})
+    with pytest.raises(TypeError, match="windw"):
+        SphericalMonitorCallback(windw=4)
+    with pytest.raises(ValueError, match="mode"):
+        RescalerCallback(mode="smooth")
+    with pytest.raises(ValueError, match="floor"):
+        RescalerCallback(floor=2.0)
+    with pytest.raises(TypeError, match="mdoe"):
+        RescalerCallback(mdoe="drops")

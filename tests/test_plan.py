@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from smdyn import geometry, theory
-from smdyn.plan import add_plan_arguments, plan, plan_main, run_plan
+from smdyn.plan import plan
+from smdyn.plan_cli import add_plan_arguments, plan_main, run_plan, save_plan_plot
 from smdyn.rescale import Rescaler
 
 # The module itself: ``smdyn.plan`` may name the function once the package exports it.
@@ -288,7 +289,7 @@ def test_table_string_and_plot(tmp_path) -> None:
     assert result.table()[0]["lag_5"] == 0
     text = str(result)
     assert "in equilibrium before next change" in text and "rescaled" in text
-    png = result.plot(tmp_path / "sub" / "plan.png")
+    png = save_plan_plot(result, tmp_path / "sub" / "plan.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -317,3 +318,29 @@ def test_cli(tmp_path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_plan(args) == 0
     assert plan_main(["--lr", "0.1", "--wd", "0", "--steps", "10", "--out", str(out)]) == 2
     assert "wd must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--milestones", "-5"], "milestones"),
+        (["--milestones", "600", "300"], "milestones"),
+        (["--milestones", "300", "300"], "milestones"),
+        (["--milestones", "900"], "milestones"),
+        (["--gamma", "1.0"], "gamma"),
+        (["--gamma", "2"], "gamma"),
+        (["--gamma", "0"], "gamma"),
+        (["--warmup", "-1"], "warmup"),
+        (["--warmup", "900"], "warmup"),
+        (["--cosine", "--eta-min", "1.5"], "eta_min"),
+    ],
+)
+def test_cli_refuses_bad_schedules(tmp_path, capsys, extra: list[str], match: str) -> None:
+    """Exit status 2 and a message naming the option; nothing is written."""
+    out = tmp_path / "run"
+    argv = ["--lr", "0.1", "--wd", "5e-3", "--steps", "900", "--out", str(out), *extra]
+    assert plan_main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="milestone step 900"):
+        plan([(300, 0.01), (900, 0.001)], 0.1, 5e-3, steps=900)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from smdyn import SphericalMonitor
-from smdyn.experiments import figures
+from smdyn.experiments import _plotting, figures, rundir
 from smdyn.experiments.report import add_report_arguments, report_main, write_report
 from smdyn.sinks import CSVSink, ParquetSink
 
@@ -412,7 +412,7 @@ def test_reasons_are_surfaced_as_warnings(synthetic: dict) -> None:
 
 def test_seeds_share_a_colour_and_labels_name_what_differs(synthetic: dict) -> None:
     base = synthetic["base"]
-    runs = [figures.load_run(base / n) for n in ("a", "b", "c")]
+    runs = [rundir.load_run(base / n) for n in ("a", "b", "c")]
     styles = figures.run_styles(runs)
     assert styles[0].colour == styles[1].colour != styles[2].colour
     assert styles[0].group == styles[1].group != styles[2].group
@@ -446,7 +446,7 @@ def test_reduce_matches_a_brute_force_binning() -> None:
     steps = np.arange(0, 10_007 * 3, 3)
     values = rng.standard_normal((len(steps), 2))
     values[100:130, 1] = np.nan  # a gap inside one bin and a whole bin of NaN
-    x, lo, hi, mean = figures._reduce(steps, values, max_points=500)
+    x, lo, hi, mean = _plotting._reduce(steps, values, max_points=500)
     per = math.ceil(len(steps) / 500)
     assert len(x) == math.ceil(len(steps) / per) <= 500
     for b in (0, 7, 14, len(x) - 1):
@@ -459,13 +459,13 @@ def test_reduce_matches_a_brute_force_binning() -> None:
             assert lo[b, j] == min(col) and hi[b, j] == max(col)
             assert mean[b, j] == pytest.approx(sum(col) / len(col), rel=1e-12)
         assert x[b] == pytest.approx(sum(xs) / len(xs))
-    small = figures._reduce(steps[:10], values[:10])
+    small = _plotting._reduce(steps[:10], values[:10])
     assert np.array_equal(small[1], values[:10], equal_nan=True)
 
 
 def test_channel_rows_fold_exactly_into_layer_rows(tmp_path: Path) -> None:
     _write_synthetic(tmp_path / "ch", name="ch", steps=40, per_channel=4, frozen_layer=False)
-    run = figures.load_run(tmp_path / "ch")
+    run = rundir.load_run(tmp_path / "ch")
     assert run.per_channel == ["layer0.conv.weight"]
     assert run.layers[0] == "layer0.conv.weight" and len(run.layers) == 4
     m = run.metrics
@@ -487,14 +487,14 @@ def test_parquet_metrics_read_like_csv(synthetic: dict, tmp_path: Path) -> None:
     src = synthetic["base"] / "a"
     dst = tmp_path / "pq"
     shutil.copytree(src, dst)
-    csv_run = figures.load_run(src)
+    csv_run = rundir.load_run(src)
     (dst / "metrics.csv").unlink()
     from smdyn.sinks import read_metrics
 
     sink = ParquetSink(dst / "metrics")
     sink.write(read_metrics(src / "metrics.csv"))
     sink.close()
-    pq_run = figures.load_run(dst)
+    pq_run = rundir.load_run(dst)
     assert pq_run.layers == csv_run.layers
     for col in ("weight_norm", "angular_update", "theory_angular_update"):
         a, b = pq_run.wide(col)[1], csv_run.wide(col)[1]
@@ -508,7 +508,7 @@ def test_unfinished_last_line_is_skipped_with_a_warning(synthetic: dict, tmp_pat
     with open(dst / "metrics.csv", "a") as f:
         f.write("1000,layer0.conv.weight,-1,0.01,0.0")  # a writer killed mid-line
     with pytest.warns(RuntimeWarning, match="unfinished last line"):
-        run = figures.load_run(dst)
+        run = rundir.load_run(dst)
     assert int(run.metrics["step"].max()) == 999
 
 
@@ -516,7 +516,7 @@ def test_events_are_derived_from_the_recorded_lr_when_no_events_file(synthetic: 
     dst = tmp_path / "noev"
     shutil.copytree(synthetic["base"] / "a", dst)
     (dst / "events.csv").unlink()
-    run = figures.load_run(dst)
+    run = rundir.load_run(dst)
     assert run.stage_starts.tolist() == [0, 900]
     assert run.events["step"].tolist() == [900]
 
@@ -526,7 +526,7 @@ def test_figure_without_data_raises_nodataerror(tmp_path: Path) -> None:
     d.mkdir()
     _write_train(d, 50, 0.5, None, 0.1)
     with pytest.raises(figures.NoDataError, match="no run has metrics"):
-        figures.angular_update_figure([d], tmp_path / "x.png")
+        figures.angular_update_figure([d])
     page = write_report([d], out=tmp_path / "out")
     text = page.read_text(encoding="utf-8")
     assert "not drawn" in text and "no config.toml" in text
@@ -555,9 +555,27 @@ def test_bad_arguments_raise_clear_errors(synthetic: dict, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="window"):
         write_report([a], out=tmp_path / "o", window=0)
     with pytest.raises(TypeError, match="path"):
-        figures.training_figure([a], 5)
+        figures.save_figure(figures.training_figure([a]), 5)
     with pytest.raises(TypeError, match="runs"):
-        figures.training_figure(a, tmp_path / "t.png")
+        figures.training_figure(a)
+    with pytest.raises(ValueError, match="2 panel"):
+        figures.weight_norm_figure([a], axes=figures.training_figure([a]).axes[:1])
+
+
+def test_figures_draw_on_given_axes_and_write_nothing(synthetic: dict, tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    runs = [rundir.load_run(synthetic["base"] / n) for n in ("a", "b")]
+    host = Figure(figsize=(12, 4))
+    left, right = host.subplots(1, 2)
+    assert figures.angular_update_comparison_figure(runs, axes=left) is host
+    assert figures.training_figure(runs, axes=[left, right]) is host
+    assert left.lines and right.lines  # drawn where asked
+    new = figures.stage_ratio_figure(runs)
+    assert isinstance(new, Figure) and new is not host and len(new.axes) == 2
+    assert not list(tmp_path.iterdir())  # only a caller writes files
+    path = figures.save_figure(new, tmp_path / "deep" / "stage.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_cli_entry_point(synthetic: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

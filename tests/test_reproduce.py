@@ -479,6 +479,46 @@ def test_collapse_claim(tmp_path: Path, no_training: list, rms: tuple, flagged: 
     assert c["measured"]["median_rms_ratio"] == pytest.approx(sorted(rms)[1], rel=1e-9)
     assert c["measured"]["fraction_flagged"] == pytest.approx(flagged / 3)
     assert c["verdict"] == verdict
+    # Every threshold the verdict uses is in claims.json, "below" (the "partly" limit) included.
+    thresholds = json.loads((tmp_path / "claims.json").read_text())["thresholds"]
+    assert thresholds == {"far_below": 0.6, "band": [0.2, 0.6], "below": 0.8, "flagged": 0.5}
+
+
+def test_collapse_verdict_reads_reason_code_where_recorded(tmp_path: Path, no_training: list) -> None:
+    """With a ``reason_code`` column the code decides: prose that mentions collapsing but is coded otherwise
+    does not count, a ``collapse`` code counts whatever the prose."""
+    n = 400
+    run_dir = _write_run(
+        tmp_path / "digits_collapse",
+        load_config("digits_collapse"),
+        steps=n,
+        lr=np.full(n, 0.1),
+        ratio={layer: np.r_[np.ones(200), _alternating(0.3, 200)] for layer in _LAYERS},
+        reason=dict.fromkeys(_LAYERS, _COLLAPSE),
+        train_rows=_train_rows(n, 0.002, 0.97),
+    )
+    path = run_dir / "metrics.csv"
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    codes = {"conv1.weight": "collapse", "conv2.weight": "no_theory", "conv3.weight": "collapse"}
+    rows = [[*rows[0], "reason_code"]] + [[*r, codes[r[1]] if int(r[0]) == n - 1 else ""] for r in rows[1:]]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    reproduce("collapse", out=tmp_path, report=False, quiet=True)
+    assert _claims(tmp_path)["collapse_flagged"]["measured"]["fraction_flagged"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("name", ["fig3", "fig4", "fig5", "fig6", "collapse"])
+def test_each_experiment_declares_typed_thresholds(name: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"smdyn.experiments.reproduce.{name}")
+    t = module.EXPERIMENT.thresholds
+    assert dataclasses.is_dataclass(t) and module.EXPERIMENT.name == name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(t, dataclasses.fields(t)[0].name, 0.0)
+    values = module.EXPERIMENT.threshold_values()
+    assert set(values) == {f.name for f in dataclasses.fields(t)}
+    json.dumps(values)  # written into claims.json as it is
 
 
 # ---------------------------------------------------------------------------------------------- running

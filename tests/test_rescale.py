@@ -307,22 +307,21 @@ _OPTIMIZERS: dict[str, Callable[[Any], torch.optim.Optimizer]] = {
 
 
 def _expected_factors(lrs: list[float], mode: str, e: float, threshold: float, floor: float) -> list[float]:
-    """The rule as specified: drops mode multiplies by r^e at falls below (1 − threshold); continuous mode
-    holds the cumulative factor at (lr/lr₀)^e; both clip the cumulative factor at ``floor``; invalid lr skip.
+    """The rule as specified: the cumulative factor is max((anchor/lr₀)^e, floor), lr₀ the first valid lr.
+
+    The anchor is every valid lr in continuous mode; in drops mode an lr outside
+    [(1 − threshold)·anchor, anchor/(1 − threshold)], both ways. Invalid lr (0, non-finite) are skipped.
     """
-    out, prev, first, target, applied = [], None, None, 1.0, 1.0
+    out, first, anchor, applied = [], None, None, 1.0
     for lr in lrs:
         factor = 1.0
         if lr > 0 and math.isfinite(lr):
-            if prev is None:
-                first = lr
-            elif mode == "drops":
-                if lr / prev < 1 - threshold:
-                    target *= (lr / prev) ** e
-            else:
-                target = (lr / first) ** e
-            new = max(target, floor)
-            factor, applied, prev = new / applied, new, lr
+            if first is None:
+                first = anchor = lr
+            elif mode == "continuous" or not (1 - threshold) * anchor <= lr <= anchor / (1 - threshold):
+                anchor = lr
+            new = max((anchor / first) ** e, floor)
+            factor, applied = new / applied, new
         out.append(factor)
     return out
 
@@ -365,11 +364,10 @@ def test_every_scheduler_and_optimizer(sched_name: str, opt_name: str, mode: str
     rescaled = [e["step"] for e in r.events if e["action"] == "rescaled"]
     assert rescaled == [t for t, f in enumerate(expected) if f != 1.0]
     assert r.cumulative_factor(0) == pytest.approx(float(np.prod(expected)), rel=1e-12)
-    if mode == "drops":  # every increase is covered by an 'ignored_increase' event
-        ranges = [(e["step"], e["last_step"]) for e in r.events if e["action"] == "ignored_increase"]
-        valid = [(t, lr) for t, lr in enumerate(lrs) if lr > 0]
-        rises = [t for (_, a), (t, b) in itertools.pairwise(valid) if b > a]
-        assert all(any(s <= t <= last for s, last in ranges) for t in rises)
+    valid = [(t, lr) for t, lr in enumerate(lrs) if lr > 0]
+    jumps = [t for (_, a), (t, b) in itertools.pairwise(valid) if b > 1.3 * a]  # beyond 1/(1 − 0.2)
+    up = {e["step"] for e in r.events if e["action"] == "rescaled" and e["factor"] > 1}
+    assert set(jumps) <= up  # every large increase scales the weights back up, in both modes
 
 
 # --------------------------------------------------------------------------------- rule details
@@ -384,7 +382,7 @@ def _hookless(
     return r, opt, model
 
 
-def test_drops_mode_ignores_increases_and_skips_zero_and_nonfinite_lr() -> None:
+def test_drops_mode_follows_increases_and_skips_zero_and_nonfinite_lr() -> None:
     r, opt, model = _hookless()
     norm0 = _unit_norms(model)
     lrs = [0.1, 0.1, 0.2, 0.3, 0.03, 0.0, math.nan, 0.003, 0.0029, math.inf]
@@ -398,11 +396,19 @@ def test_drops_mode_ignores_increases_and_skips_zero_and_nonfinite_lr() -> None:
     assert [len(c) for c in caught] == [0, 0, 0, 0, 0, 1, 0, 0, 0, 1]  # one warning per invalid spell
     assert "lr 0.0" in caught[5][0] and "skipped" in caught[5][0]
     acts = [(e["step"], e["action"]) for e in r.events]
-    assert acts == [(2, "ignored_increase"), (4, "rescaled"), (5, "skipped"), (7, "rescaled"), (9, "skipped")]
-    inc = r.events[0]
-    assert (inc["lr_before"], inc["lr_after"], inc["last_step"]) == (0.1, 0.3, 3)  # merged 2 steps
-    assert r.events[1]["r"] == pytest.approx(0.1) and r.events[3]["r"] == pytest.approx(0.1)  # vs last valid
-    np.testing.assert_allclose(_unit_norms(model) / norm0, 0.1**0.5, rtol=1e-13)
+    assert acts == [
+        (2, "rescaled"),
+        (3, "rescaled"),
+        (4, "rescaled"),
+        (5, "skipped"),
+        (7, "rescaled"),
+        (9, "skipped"),
+    ]
+    factors = [e["factor"] for e in r.events if e["action"] == "rescaled"]
+    np.testing.assert_allclose(factors, [2**0.25, 1.5**0.25, 0.1**0.25, 0.1**0.25], rtol=1e-13)
+    assert r.events[4]["r"] == pytest.approx(0.1)  # 0.003 against the last valid lr, 0.03
+    # The closed form (lr/lr₀)^¼ of the last rescale's lr (0.0029 is within the threshold of 0.003):
+    np.testing.assert_allclose(_unit_norms(model) / norm0, (0.003 / 0.1) ** 0.25, rtol=1e-13)
 
 
 def test_continuous_mode_floor() -> None:
@@ -425,6 +431,161 @@ def test_continuous_mode_floor() -> None:
         opt2.param_groups[0]["lr"] = 0.1 * m
         r2.before_step()
     np.testing.assert_allclose(_unit_norms(model2) / n2, 1e-6**0.25, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------ following the lr both ways
+
+
+def _closed_form(lrs: list[float], floor: float = 0.1, e: float = 0.25) -> np.ndarray:
+    """max((lr_t/lr₀)^e, floor), lr₀ the first positive lr (1 before it)."""
+    first = next(lr for lr in lrs if lr > 0)
+    return np.array([max((lr / first) ** e, floor) if lr > 0 else 1.0 for lr in lrs])
+
+
+def _run_schedule(
+    make_scheduler: Callable[[torch.optim.Optimizer], Any], steps: int, rescaler: dict[str, Any] | None
+) -> tuple[list[float], list[float], list[np.ndarray], Rescaler | None]:
+    """Trains a float64 net with SGD(M); returns lr_t, the Rescaler's cumulative factor and the unit norms
+    as the step sees them (a pre-hook registered after the Rescaler's)."""
+    torch.manual_seed(0)
+    model = _Net().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    scheduler = make_scheduler(opt)
+    r = None
+    if rescaler is not None:
+        r = Rescaler(opt, "auto", model=model, example_batch=_batch(0)[0].double(), **rescaler)
+    lrs, cums, norms = [], [], []
+    opt.register_step_pre_hook(lambda o, a, k: norms.append(_unit_norms(model)))
+    for t in range(steps):
+        opt.zero_grad()
+        x, y = _batch(t)
+        F.cross_entropy(model(x.double()), y).backward()
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        opt.step()
+        cums.append(r.cumulative_factor(0) if r is not None else 1.0)
+        scheduler.step()
+    return lrs, cums, norms, r
+
+
+def _closed_form_loop(
+    make_scheduler: Callable[[torch.optim.Optimizer], Any],
+    steps: int,
+    factors: Callable[[list[float]], float],
+) -> list[np.ndarray]:
+    """The same training without a Rescaler: before each step, w ← c·w and g ← g/c by hand, where c takes
+    the cumulative factor to ``factors(lrs so far)``; the momentum buffer is kept (``momentum="keep"``)."""
+    torch.manual_seed(0)
+    model = _Net().double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    scheduler = make_scheduler(opt)
+    named = dict(model.named_parameters())
+    tensors = [named[n] for u in _UNITS for n in u.split("+")]
+    lrs, applied, norms = [], 1.0, []
+    for t in range(steps):
+        opt.zero_grad()
+        x, y = _batch(t)
+        F.cross_entropy(model(x.double()), y).backward()
+        lrs.append(float(opt.param_groups[0]["lr"]))
+        cum = factors(lrs)
+        with torch.no_grad():
+            for p in tensors:
+                p.mul_(cum / applied)
+                p.grad.div_(cum / applied)
+        applied = cum
+        norms.append(_unit_norms(model))
+        opt.step()
+        scheduler.step()
+    return norms
+
+
+def _warm_up_then_drop(o: torch.optim.Optimizer) -> Any:
+    return sch.ChainedScheduler([sch.LinearLR(o, 0.1, 1.0, total_iters=5), sch.MultiStepLR(o, [10], 0.1)])
+
+
+def _cosine_restarts(o: torch.optim.Optimizer) -> Any:
+    return sch.CosineAnnealingWarmRestarts(o, T_0=8, eta_min=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "drops"])
+def test_warm_up_then_drop_scales_up_then_back(mode: str) -> None:
+    """LinearLR 0.1 → 1 over 5 steps, then ÷10 at step 10: the lr is back at lr₀, and so is the factor."""
+    lrs, cums, norms, _ = _run_schedule(_warm_up_then_drop, 14, {"mode": mode, "momentum": "keep"})
+    np.testing.assert_allclose(lrs[:6], [0.01, 0.028, 0.046, 0.064, 0.082, 0.1], rtol=1e-12)
+    closed = _closed_form(lrs)
+    if mode == "continuous":
+        np.testing.assert_allclose(cums, closed, rtol=1e-12)
+    else:  # the factor follows within the threshold band, never further from the closed form
+        band = -0.25 * math.log(1 - 0.2)
+        assert np.all(np.abs(np.log(cums) - np.log(closed)) <= band + 1e-12)
+        np.testing.assert_allclose(cums, np.cumprod(_expected_factors(lrs, mode, 0.25, 0.2, 0.1)), rtol=1e-12)
+        assert cums[8] == pytest.approx((0.082 / 0.01) ** 0.25, rel=1e-12)  # 0.082 → 0.1 is within it
+    assert max(cums) > 1.5  # scaled up during the warm-up: (0.1/0.01)^¼ ≈ 1.78
+    assert cums[10:] == pytest.approx([1.0] * 4, rel=1e-12)  # lr back at lr₀: the weights' factor is 1 again
+    factors = lambda seen: float(np.prod(_expected_factors(seen, mode, 0.25, 0.2, 0.1)))  # noqa: E731
+    np.testing.assert_allclose(norms, _closed_form_loop(_warm_up_then_drop, 14, factors), rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "drops"])
+def test_cosine_with_restarts_returns_to_the_start_every_cycle(mode: str) -> None:
+    lrs, cums, norms, r = _run_schedule(_cosine_restarts, 33, {"mode": mode, "momentum": "keep"})
+    starts = [0, 8, 16, 24, 32]
+    np.testing.assert_allclose([lrs[t] for t in starts], 0.1, rtol=1e-12)
+    assert [cums[t] for t in starts] == pytest.approx([1.0] * 5, rel=1e-12)  # no ratchet, cycle after cycle
+    assert min(cums) < 0.5  # the cosine's low end: (1e-3/0.1)^¼ ≈ 0.32 at most
+    if mode == "continuous":
+        np.testing.assert_allclose(cums, _closed_form(lrs), rtol=1e-12)
+        factors = lambda seen: float(_closed_form(seen)[-1])  # noqa: E731
+    else:
+        factors = lambda seen: float(np.prod(_expected_factors(seen, mode, 0.25, 0.2, 0.1)))  # noqa: E731
+    ups = [e for e in r.events if e["action"] == "rescaled" and e["factor"] > 1]
+    assert [e["step"] for e in ups] == [8, 16, 24, 32]  # each restart scales the weights back up
+    np.testing.assert_allclose(norms, _closed_form_loop(_cosine_restarts, 33, factors), rtol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["continuous", "drops"])
+def test_warm_up_from_zero_starts_at_the_first_positive_lr(mode: str) -> None:
+    """lr 0 at the first step: no warning, no division by 0; the rule starts at lr = 0.025."""
+    warm = lambda o: sch.LambdaLR(o, lambda s: min(s / 4, 1.0))  # noqa: E731
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lrs, cums, norms, r = _run_schedule(warm, 8, {"mode": mode})
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+    assert lrs[:5] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+    assert all(np.isfinite(n).all() for n in norms) and np.isfinite(cums).all()
+    np.testing.assert_allclose(cums, _closed_form(lrs), rtol=1e-12)  # (lr/0.025)^¼, 1 before the start
+    assert cums[-1] == pytest.approx(4**0.25, rel=1e-12)
+    assert all(e["action"] == "rescaled" for e in r.events)
+
+
+@pytest.mark.parametrize("hook", [True, False])
+def test_an_error_inside_the_step_becomes_one_warning_and_the_rescaler_goes_idle(hook: bool) -> None:
+    torch.manual_seed(0)
+    model = _Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    scheduler = sch.MultiStepLR(opt, [2, 4], 0.1)
+    r = Rescaler(opt, "auto", model=model, hook=hook)
+    if not hook:  # as the Lightning callback drives it
+        opt.register_step_pre_hook(lambda o, a, k: r.before_step())
+
+    def broken(units: Any, c: float) -> None:
+        raise RuntimeError("device lost")
+
+    r._rescale = broken  # type: ignore[method-assign]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(6):
+            opt.zero_grad()
+            _loss(model, t).backward()
+            w = model.conv2.weight.detach().clone()
+            opt.step()  # never raises
+            assert not torch.equal(w, model.conv2.weight)  # and the step was taken
+            scheduler.step()
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "device lost" in messages[0] and "idle" in messages[0]
+    assert "step 2" in messages[0]
+    assert r._closed and r.step == 2  # the drop at step 4 was not followed
+    if hook:
+        assert len(opt._optimizer_step_pre_hooks) == 0
 
 
 def test_close_and_context_manager_stop_rescaling() -> None:
@@ -577,27 +738,33 @@ def test_monitor_records_the_step_actually_taken(monitor_first: bool) -> None:
     np.testing.assert_allclose(h["weight_norm"], norms, rtol=1e-6)
 
 
-def test_monitor_before_the_rescale_would_record_a_wrong_angle() -> None:
-    """Control for the test above: with the rescale after the monitor, the drop step is misdescribed."""
+def test_a_rescale_hooked_after_the_monitor_still_runs_before_its_measurement() -> None:
+    """The monitor keeps its pre-hook last, so a rescale hooked after it is measured too (Sec 4.2, Def 3).
+
+    Without that, the drop step would be described from the unscaled weights (‖w‖ off by k^¼).
+    """
     torch.manual_seed(0)
     model = _Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     mon = SphericalMonitor(model, opt, params=["conv2.weight"], window=2)
     r = Rescaler(opt, "auto", model=model, hook=False)
-    opt.register_step_pre_hook(lambda o, a, k: r.before_step())  # after the monitor: the wrong order
+    opt.register_step_pre_hook(lambda o, a, k: r.before_step())  # registered after the monitor
     scheduler = sch.MultiStepLR(opt, [3], 0.1)
-    brute = []
+    brute, norms = [], []
     for t in range(4):
         opt.zero_grad()
         _loss(model, t).backward()
         before = model.conv2.weight.detach().double().clone()
+        factor = 0.1**0.25 if t == 3 else 1.0  # what the rescale does to w before the step
         opt.step()
-        brute.append(float(geometry.angle(before, model.conv2.weight.detach().double())))
+        brute.append(float(geometry.angle(before * factor, model.conv2.weight.detach().double())))
+        norms.append(float(before.norm()) * factor)
         scheduler.step()
     h = mon.history()
     mon.close()
-    np.testing.assert_allclose(h["angular_update"][:3], brute[:3], rtol=1e-6)
-    assert abs(h["angular_update"][3] / brute[3] - 1) > 0.5  # ≈ c² = k^-½ of the true angle
+    assert [e["step"] for e in r.events] == [3]
+    np.testing.assert_allclose(h["angular_update"], brute, rtol=1e-6)
+    np.testing.assert_allclose(h["weight_norm"], norms, rtol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ resumption
@@ -663,7 +830,7 @@ def _vector_model(
     lrs: list[float], wd: float, a: float, momentum: str | None, L: float = 1.0
 ) -> tuple[np.ndarray, float]:
     """torch.optim.SGD on one vector with g ⟂ (w, v) and ‖g‖² = L/‖w‖² (fresh orthogonal axis each step),
-    started at the equilibrium of lrs[0]: the noiseless model of DESIGN §2, by brute force.
+    started at the equilibrium of lrs[0]: the noiseless model of docs/design.md §2, by brute force.
 
     Returns Δ_t and the exact equilibrium Δ of lrs[-1] (cos Δ = 1 − λη/(1+α), fixed point of that model).
     """
@@ -833,8 +1000,10 @@ def test_lightning_callback_matches_the_plain_loop_and_resumes(tmp_path) -> None
     torch.save(ckpt, tmp_path / "stripped.ckpt")
     _, forgetful, _ = fit(8, str(tmp_path / "stripped.ckpt"))
     assert [e["step"] for e in forgetful.rescalers[0].events if e["action"] == "rescaled"] == []
-    with pytest.raises(ValueError, match="optimizers"):
+    # A state for other optimizers: one warning, and the callback stops rather than abort the fit.
+    with pytest.warns(RuntimeWarning, match="idle .*0 rescaler states, the module has 1 optimizers"):
         resumed_cb.load_state_dict({"rescalers": []})
+    assert resumed_cb.state_dict() == {}
 
 
 def test_lightning_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,10 +1,10 @@
 """Tests for smdyn.simulation against independent references.
 
 References: the noiseless SGD norm recurrence ‖w_{t+1}‖² = (1−λη)²‖w_t‖² + η²L_t/‖w_t‖² and its angle
-tan Δ_t = η‖g_t‖/((1−λη)‖w_t‖) (Eq 7 with g ⟂ w), the four Gram-matrix equations of DESIGN.md §2 written out
-here in their (‖w‖², ‖v‖², ⟨w, v⟩) form, and closed forms (Δ* of Thm 3, the fixed point of Thms 1-2, the
-spectral radius of the linearised recurrence) computed here. The engines' own outputs are never the
-expected values.
+tan Δ_t = η‖g_t‖/((1−λη)‖w_t‖) (Eq 7 with g ⟂ w), the four Gram-matrix equations of docs/design.md §2
+written out here in their (‖w‖², ‖v‖², ⟨w, v⟩) form, and closed forms (Δ* of Thm 3, the fixed point of
+Thms 1-2, the spectral radius of the linearised recurrence) computed here. The engines' own outputs are
+never the expected values.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _sgd_norm_recurrence(lr: np.ndarray, wd: float, L: np.ndarray, x0: float) ->
 def _gram_reference(
     lr: float, wd: float, alpha: float, G: np.ndarray, x0: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """DESIGN.md §2 verbatim: ⟨w,v'⟩, ‖v'‖², ‖w'‖², ⟨w',v'⟩ and Δ = atan2(η‖v'⊥‖, ‖w‖ − η⟨w,v'⟩/‖w‖)."""
+    """docs/design.md §2 verbatim: ⟨w,v'⟩, ‖v'‖², ‖w'‖², ⟨w',v'⟩ and Δ = atan2(η‖v'⊥‖, ‖w‖ − η⟨w,v'⟩/‖w‖)."""
     steps, n = G.shape
     x = np.full(n, x0)
     y = np.zeros(n)
@@ -120,7 +120,7 @@ def test_engines_see_the_same_draws() -> None:
 
 
 def test_reduced_matches_design_gram_equations() -> None:
-    """SGDM: the reduced engine is DESIGN.md §2's recurrence, evaluated independently here."""
+    """SGDM: the reduced engine is docs/design.md §2's recurrence, evaluated independently here."""
     lr, wd, alpha = 0.1, 1e-2, 0.9
     res = simulate(lr, wd, alpha, steps=3000, trajectories=3, V=0.3, engine="reduced", init_norm=2.0, seed=1)
     xs, ds = _gram_reference(lr, wd, alpha, res.unit_grad_sq, 4.0)
@@ -353,6 +353,17 @@ def test_noise_mean_and_variance(noise: str) -> None:
     floor = 2.0 - math.sqrt(1.5) if noise == "uniform" else 0.0
     assert g.min() >= floor
     np.testing.assert_allclose(res.grad_floor, floor)
+
+
+@pytest.mark.parametrize(("k", "seed"), [(1.0, 0), (4.0, 1), (30.0, 2), (0.5, 3)])
+def test_gamma_draws_follow_the_gamma_distribution(k: float, seed: int) -> None:
+    """The gamma noise against scipy's Gamma(k) CDF (Kolmogorov-Smirnov, 200 000 draws); the same test
+    rejects a shape 5% off at the same mean (variance 5% off), so it has the power to see a wrong sampler."""
+    stats = pytest.importorskip("scipy.stats")
+    res = simulate(0.1, 1e-3, steps=200, trajectories=1000, L=k, V=k, seed=seed)  # shape L²/V = k, scale 1
+    g = res.unit_grad_sq.ravel()
+    assert stats.kstest(g, stats.gamma(k).cdf).pvalue > 1e-3
+    assert stats.kstest(g, stats.gamma(1.05 * k, scale=1 / 1.05).cdf).pvalue < 1e-6
 
 
 def test_result_helpers() -> None:

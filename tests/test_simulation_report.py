@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,16 +26,18 @@ def _section_rows(text: str, heading: str) -> list[list[str]]:
 
 
 @pytest.mark.slow
-def test_quick_report(tmp_path: Path) -> None:
-    lines: list[str] = []
-    path = report.write_simulation_report(tmp_path / "out", quick=True, progress=lines.append)
-    assert path == tmp_path / "out" / "simulation_report.md"
+def test_quick_report(quick_simulation: dict) -> None:
+    """`write_simulation_report(quick=True)` through ``smdyn simulate --quick`` (the session's one run)."""
+    out, path = quick_simulation["out"], quick_simulation["path"]
+    assert quick_simulation["rc"] == 0
     text = path.read_text(encoding="utf-8")
     for name in ("equilibrium.png", "contraction.png", "lr_drop.png", "thm3_bias.png", "engines.png"):
-        data = (tmp_path / "out" / name).read_bytes()
+        data = (out / name).read_bytes()
         assert data.startswith(_PNG) and len(data) > 10_000, name
         assert f"({name})" in text
-    assert lines and all(re.match(r"\[\s*[\d.]+ s\] ", line) for line in lines)
+    *lines, last = quick_simulation["stdout"].splitlines()
+    assert lines and all(re.match(r"\[\s*[\d.]+ s\] ", line) for line in lines)  # progress, then where
+    assert last == f"wrote {path} and its figures in {out}"
 
     # Section 1: every row has numbers; where a theorem's assumptions hold RMS Δ/Δ* is within 2% of 1
     rows = _section_rows(text, "## 1.")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from smdyn.experiments import rundir
 from smdyn.experiments.config import Config, config_from_dict, load_config
 from smdyn.experiments.train import EVENT_COLUMNS, TRAIN_COLUMNS, add_train_arguments, train, train_main
 from smdyn.sinks import read_metrics
@@ -90,9 +91,15 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
 
 
-def test_run_directory_has_every_file_with_the_right_columns(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run of `_config()` from start to end, trained once for every test that compares against it."""
+    return train(_config(), tmp_path_factory.mktemp("straight") / "run", source=_Teacher(), quiet=True)
+
+
+def test_run_directory_has_every_file_with_the_right_columns(straight: Path) -> None:
     cfg = _config()
-    run_dir = train(cfg, tmp_path / "run", source=_Teacher(), quiet=True)
+    run_dir = straight
     for name in ("config.toml", "metrics.csv", "train.csv", "events.csv", "summary.json", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
     assert load_config(run_dir / "config.toml") == cfg
@@ -134,6 +141,13 @@ def test_run_directory_has_every_file_with_the_right_columns(tmp_path: Path) -> 
         assert layer["angular_update_rms_ratio"] == pytest.approx(float(np.sqrt(np.mean(ratio**2))))
     devs = [abs(v["angular_update_rms_ratio"] - 1) for v in summary["layers"].values()]
     assert summary["median_angular_update_rms_deviation"] == pytest.approx(float(np.median(devs)))
+    # and it is the equilibrium the report and the claims read back from the run directory
+    e = rundir.run_equilibrium(rundir.load_run(run_dir))
+    assert e.window == (30, 39)
+    for i, name in enumerate(e.layers):
+        layer = summary["layers"][name]
+        assert layer["angular_update_rms_ratio"] == pytest.approx(float(e.rms_ratio[i]), rel=1e-12)
+        assert layer["weight_norm_ratio"] == pytest.approx(float(e.norm_ratio[i]), rel=1e-12)
 
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 40
@@ -155,9 +169,8 @@ def test_cosine_schedule_with_warmup_writes_the_closed_form_lr(tmp_path: Path) -
         assert float(r["lr"]) == pytest.approx(expected, rel=1e-12)
 
 
-def test_resume_is_bit_identical(tmp_path: Path) -> None:
+def test_resume_is_bit_identical(tmp_path: Path, straight: Path) -> None:
     cfg = _config()
-    straight = train(cfg, tmp_path / "straight", source=_Teacher(), quiet=True)
     half = _config(run={"steps": 20})
     split = train(half, tmp_path / "split", source=_Teacher(), quiet=True)
     train(cfg, split, resume=True, source=_Teacher(), quiet=True)
@@ -177,9 +190,8 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
     assert _read_csv(straight / "events.csv") == _read_csv(split / "events.csv")
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(tmp_path: Path) -> None:
+def test_ctrl_c_saves_a_checkpoint_that_resumes_bit_identically(tmp_path: Path, straight: Path) -> None:
     cfg = _config()
-    straight = train(cfg, tmp_path / "straight", source=_Teacher(), quiet=True)
     run_dir = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         train(cfg, run_dir, source=_Teacher(interrupt_at=27), quiet=True)

@@ -1,13 +1,9 @@
 """Plan a learning-rate schedule: will each stage reach the angular-update equilibrium before the next change?
 
 Without training, :func:`plan` iterates the noiseless recurrence of SGD(M) with weight decay on a
-scale-invariant weight (Wan et al., "Spherical Motion Dynamics", NeurIPS 2021, Eqs 10-11 with g ⟂ w; DESIGN
-§2): under isotropic gradients the state reduces exactly to the Gram matrix of (w_t, v_{t−1}), three scalars
-x = ‖w‖², y = ‖v‖², z = ⟨w, v⟩, with
-
-    ⟨w, v'⟩ = αz + λx,  ‖v'‖² = α²y + L/x + λ²x + 2αλz,
-    x ← x − 2η⟨w, v'⟩ + η²‖v'‖²,  y ← ‖v'‖²,  z ← ⟨w, v'⟩ − η‖v'‖²,
-    Δ_t = atan2(η‖v'_⊥‖, ‖w‖ − η⟨w, v'⟩/‖w‖),  ‖v'_⊥‖² = ‖v'‖² − ⟨w, v'⟩²/x.
+scale-invariant weight (Wan et al., "Spherical Motion Dynamics", NeurIPS 2021, Eqs 10-11 with g ⟂ w;
+docs/design.md §2): under isotropic gradients the state reduces exactly to the Gram matrix of (w_t, v_{t−1}),
+three scalars per trajectory, stepped by :mod:`smdyn.dynamics`.
 
 Its fixed point is Thm 2's w* and has cos Δ = 1 − λη/(1+α) exactly, i.e. Δ ≈ √(2λη/(1+α)) (Thm 3): that
 exact value is what "within 10/5/1%" is measured against. The map is homogeneous in L (the state scales as
@@ -22,29 +18,24 @@ with the lr held where the next change comes first — with and without the Sec 
 
 from __future__ import annotations
 
-import argparse
-import csv
 import itertools
 import math
-import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from smdyn import theory
-from smdyn.rescale import _check_rule_args, _LrRule
+from smdyn import dynamics, theory
+from smdyn._rescale_rule import LrRule, check_rule_args
+from smdyn.dynamics import GramState
 
-__all__ = ["PlanResult", "add_plan_arguments", "plan", "plan_main", "run_plan"]
+__all__ = ["PlanResult", "plan"]
 
 _TOLS = (0.10, 0.05, 0.01)
-_HELD_CAP = 4_000_000  # steps searched past the stages' ends for their lags, in all (~2 s); beyond: inf
-_SGD_EXPONENT = 0.25  # w* ∝ η^¼ (Thms 1-2)
+_HELD_CAP = 4_000_000  # steps searched past the stages' ends for their lags, in all (~3 s); beyond: inf
 
 Schedule = Callable[[int], float] | Sequence[tuple[int, float]] | Mapping[str, Any] | None
 
@@ -80,6 +71,8 @@ def _lr_sequence(schedule: Schedule, lr: float, steps: int) -> NDArray[np.float6
             step, value = item
             if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= last:
                 raise ValueError(f"schedule: milestone steps must be increasing ints >= 0, got {step!r}")
+            if step >= steps:
+                raise ValueError(f"schedule: milestone step {step} is not before the end (steps = {steps})")
             last = int(step)
             out[last:] = _number("schedule lr", value, low=0.0)
     else:
@@ -138,39 +131,7 @@ def _l_sequence(L: float | Callable[[int], float] | None, steps: int) -> NDArray
 
 
 # --------------------------------------------------------------------------------------------------
-# The recurrence
-
-
-def _equilibrium_delta(lr: NDArray[np.float64] | float, wd: float, a: float) -> Any:
-    """Exact Δ at the fixed point of the Gram recurrence: cos Δ = 1 − u, u = λη/(1+α) (≈ Thm 3's Δ*)."""
-    u = np.asarray(lr) * wd / (1.0 + a)
-    return np.arctan2(np.sqrt(u * (2.0 - u)), 1.0 - u)
-
-
-def _fixed_point(L: float, lr: float, wd: float, a: float) -> tuple[float, float, float]:
-    """(x, y, z) at the fixed point: x = w*² (Thm 2), ⟨w, v'⟩ = λx/(1+α), y = 2⟨w, v'⟩/η, z = −⟨w, v'⟩."""
-    x = float(theory.weight_norm(L, lr, wd, a)) ** 2
-    wv = wd * x / (1.0 + a)
-    return x, 2.0 * wv / lr, -wv
-
-
-def _transform(s: tuple[float, float, float], c: float) -> tuple[float, float, float]:
-    """w ← c·w and the buffer's tangential part ÷ c, radial part × c (``Rescaler(momentum="split")``)."""
-    x, y, z = s
-    tangential = max(y - z * z / x, 0.0)
-    return x * c * c, tangential / (c * c) + c * c * z * z / x, z * c * c
-
-
-def _step(
-    s: tuple[float, float, float], lr: float, wd: float, a: float, L: float
-) -> tuple[float, tuple[float, float, float]]:
-    """Δ of one step from state s and the next state."""
-    x, y, z = s
-    wv = a * z + wd * x
-    vv = a * a * y + L / x + wd * wd * x + 2.0 * a * wd * z
-    sx = math.sqrt(x)
-    delta = math.atan2(lr * math.sqrt(max(vv - wv * wv / x, 0.0)), sx - lr * wv / sx)
-    return delta, (x - 2.0 * lr * wv + lr * lr * vv, vv, wv - lr * vv)
+# The recurrence (smdyn.dynamics), run over the schedule
 
 
 @dataclass
@@ -178,7 +139,7 @@ class _Trajectory:
     angular_update: NDArray[np.float64]
     weight_norm: NDArray[np.float64]
     factor: NDArray[np.float64]  # weight factor applied before each step (1.0 where none)
-    states: dict[int, tuple[float, float, float]]  # state before step t, at each stage end t
+    states: dict[int, GramState]  # state before step t, at each stage end t
 
 
 def _simulate(
@@ -186,55 +147,42 @@ def _simulate(
     ls: NDArray[np.float64],
     wd: float,
     a: float,
-    start: tuple[float, float, float],
-    rule: _LrRule | None,
+    start: GramState,
+    rule: LrRule | None,
     ends: Sequence[int],
 ) -> _Trajectory:
-    n = len(lrs)
-    delta, norm, fac = np.empty(n), np.empty(n), np.ones(n)
-    keep = set(ends)
+    """Run the recurrence stage by stage; the rule's factors depend on the lrs only, so come first."""
+    fac = np.ones(len(lrs))
+    if rule is not None:
+        fac[:] = [rule.observe(eta)[2] for eta in lrs.tolist()]
+    delta, norm_sq = np.empty(len(lrs)), np.empty(len(lrs))
     states = {}
-    s = start
-    for t in range(n):
-        eta = float(lrs[t])
-        if rule is not None:
-            f = rule.observe(eta)[2]
-            if f != 1.0:
-                s = _transform(s, f)
-                fac[t] = f
-        norm[t] = math.sqrt(s[0])
-        delta[t], s = _step(s, eta, wd, a, float(ls[t]))
-        if t + 1 in keep:
-            states[t + 1] = s
-    return _Trajectory(delta, norm, fac, states)
+    s, b0 = start, 0
+    for b1 in ends:
+        norm_sq[b0:b1], delta[b0:b1], s = dynamics.run(s, lrs[b0:b1], wd, a, ls[b0:b1], fac[b0:b1])
+        states[b1], b0 = s, b1
+    return _Trajectory(delta, np.sqrt(norm_sq), fac, states)
 
 
 def _held_lags(
-    s: tuple[float, float, float], lr: float, wd: float, a: float, L: float, done: int, cap: int
+    s: GramState, lr: float, wd: float, a: float, L: float, done: int, cap: int
 ) -> tuple[list[float], int]:
     """Continue with the lr held from state s (``done`` steps into the stage): lag for each tolerance.
 
     Stops once |Δ/Δ_eq − 1| has stayed below half the smallest tolerance for a momentum time scale, or
     after ``cap`` steps, giving ``inf`` for the tolerances not reached by then. Returns the lags and the
-    steps it ran. The recurrence of
-    :func:`_step` is inlined: this loop is where long plans spend their time.
+    steps it ran.
     """
-    ref = float(_equilibrium_delta(lr, wd, a))
+    ref = float(dynamics.equilibrium_delta(lr, wd, a))
     hi, mid, lo = (ref * (1.0 + t) for t in _TOLS)
     hi_l, mid_l, lo_l = (ref * (1.0 - t) for t in _TOLS)
     calm_hi, calm_lo = ref * (1.0 + 0.5 * _TOLS[-1]), ref * (1.0 - 0.5 * _TOLS[-1])
     out10 = out5 = out1 = -1
     settle = 50 + int(20 / (1.0 - a))
     calm = 0
-    x, y, z = s
-    aa, ww, two_aw, lr2 = a * a, wd * wd, 2.0 * a * wd, lr * lr
-    sqrt, atan2 = math.sqrt, math.atan2
+    step = dynamics.step
     for j in range(cap):
-        wv = a * z + wd * x
-        vv = aa * y + L / x + ww * x + two_aw * z
-        sx = sqrt(x)
-        d = atan2(lr * sqrt(max(vv - wv * wv / x, 0.0)), sx - lr * wv / sx)
-        x, y, z = x - 2.0 * lr * wv + lr2 * vv, vv, wv - lr * vv
+        s, d = step(s, lr, wd, a, L)
         if d > lo or d < lo_l:
             out1 = j
             if d > mid or d < mid_l:
@@ -342,45 +290,6 @@ class PlanResult:
     def __str__(self) -> str:
         return self.to_string()
 
-    def plot(self, path: str | Path) -> Path:
-        """Learning rate, Δ_t against Δ*_t and ‖w_t‖ against w*_t, saved as a PNG (needs matplotlib)."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("PlanResult.plot needs matplotlib: pip install smdyn[experiments]") from exc
-        path = Path(path)
-        steps = np.arange(len(self.lr))
-        fig = Figure(figsize=(9, 8), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax_lr, ax_d, ax_w = fig.subplots(3, 1, sharex=True)
-        ax_lr.plot(steps, self.lr, color="black")
-        ax_lr.set_yscale("log")
-        ax_lr.set_ylabel("lr")
-        ax_d.plot(steps, self.theory_angular_update, "k--", label="Δ* (Thm 3)")
-        ax_w.plot(steps, self.theory_weight_norm, "k--", label="w* (Thm 2)")
-        colors = {"none": "tab:blue", "rescaled": "tab:orange"}
-        for name, run in self.runs.items():
-            label = "no rescale" if name == "none" else "rescaled (Sec 4.2)"
-            ax_d.plot(steps, run["angular_update"], color=colors[name], label=label)
-            ax_w.plot(steps, run["weight_norm"], color=colors[name], label=label)
-        ax_d.set_yscale("log")
-        ax_d.set_ylabel("angular_update Δ_t (rad)")
-        ax_w.set_ylabel("weight_norm ‖w_t‖")
-        ax_w.set_xlabel("step")
-        for ax in (ax_lr, ax_d, ax_w):
-            for r in self.stages:
-                if r["stage"] > 0 and r["variant"] == next(iter(self.runs)):
-                    ax.axvline(r["start"], color="grey", lw=0.5, ls=":")
-        ax_d.legend(loc="best", fontsize=8)
-        ax_w.legend(loc="best", fontsize=8)
-        s = self.settings
-        ell = "varies" if s["L_varies"] else f"{s['L']:g}"
-        fig.suptitle(f"smdyn plan: λ={s['wd']:g}, α={s['momentum']:g}, L={ell}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-        return path
-
 
 def _fmt(value: float, spec: str) -> str:
     return "-" if isinstance(value, float) and math.isnan(value) else format(value, spec)
@@ -445,7 +354,7 @@ def plan(
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     if rescale not in (False, True, "both"):
         raise ValueError(f"rescale must be False, True or 'both', got {rescale!r}")
-    _check_rule_args(mode, threshold, floor)
+    check_rule_args(mode, threshold, floor)
     if tol not in _TOLS:
         raise ValueError(f"tol must be one of {_TOLS}, got {tol!r}")
     steps = int(steps)
@@ -454,19 +363,23 @@ def plan(
     if np.any(lrs * wd >= 2.0 * (1.0 + a)):
         raise ValueError("lr * wd must be < 2 * (1 + momentum) at every step for an equilibrium to exist")
     if w0 is None:
-        start = _fixed_point(float(ls[0]), float(lrs[0]), wd, a)
+        start = dynamics.fixed_point(float(ls[0]), float(lrs[0]), wd, a)
     else:
-        start = (_number("w0", w0, low=0.0) ** 2, 0.0, 0.0)
+        start = GramState.at_rest(_number("w0", w0, low=0.0))
 
     limit = -math.log(1.0 - threshold) if threshold > 0 else 0.0
     jumps = np.abs(np.diff(np.log(lrs)))
     bounds = [0, *(int(t) + 1 for t in np.flatnonzero(jumps > limit)), steps]
     variants = {False: ["none"], True: ["rescaled"], "both": ["none", "rescaled"]}[rescale]
     star = np.asarray(theory.angular_update(lrs, wd, a))
-    ref = np.asarray(_equilibrium_delta(lrs, wd, a))
+    ref = np.asarray(dynamics.equilibrium_delta(lrs, wd, a))
     runs, rows = {}, []
     for name in variants:
-        rule = _LrRule(mode, float(threshold), float(floor), _SGD_EXPONENT) if name == "rescaled" else None
+        rule = (
+            LrRule(mode, float(threshold), float(floor), dynamics.NORM_EXPONENT)
+            if name == "rescaled"
+            else None
+        )
         traj = _simulate(lrs, ls, wd, a, start, rule, bounds[1:])
         runs[name] = {
             "angular_update": traj.angular_update,
@@ -568,115 +481,3 @@ def _continue_held(rows: list[dict[str, Any]], wd: float, a: float) -> None:
         row["lag_10"], row["lag_5"], row["lag_1"] = (
             f if math.isnan(g) else g for g, f in zip(lags, found, strict=True)
         )
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``smdyn plan`` options to ``parser`` (an ``argparse`` subparser) and return it."""
-    parser.add_argument("--lr", type=float, required=True, help="base learning rate η")
-    parser.add_argument(
-        "--wd", type=float, required=True, help="weight decay λ (coupled, as torch.optim.SGD)"
-    )
-    parser.add_argument("--momentum", type=float, default=0.0, help="momentum α (0 for plain SGD)")
-    parser.add_argument("--steps", type=int, required=True, help="optimizer steps")
-    parser.add_argument(
-        "--milestones", type=int, nargs="*", default=[], help="steps at which lr is multiplied by --gamma"
-    )
-    parser.add_argument("--gamma", type=float, default=0.1, help="factor at each milestone (default 0.1)")
-    parser.add_argument("--cosine", action="store_true", help="cosine decay over --steps (after --warmup)")
-    parser.add_argument(
-        "--eta-min", type=float, default=0.0, help="final lr of --cosine, as a fraction of lr"
-    )
-    parser.add_argument("--warmup", type=int, default=0, help="linear warm-up steps from lr/warmup to lr")
-    parser.add_argument("--L", type=float, default=1.0, help="E‖g̃‖² or E h̃ (only ‖w‖ depends on it)")
-    parser.add_argument("--w0", type=float, default=None, help="initial ‖w‖ (default: at equilibrium)")
-    parser.add_argument(
-        "--rescale", choices=("no", "yes", "both"), default="both", help="with Sec 4.2 rescaling or not"
-    )
-    parser.add_argument("--mode", choices=("drops", "continuous"), default="drops", help="rescaling mode")
-    parser.add_argument("--out", default=None, help="output directory (default: a new folder under runs/)")
-    return parser
-
-
-def _cli_schedule(args: argparse.Namespace) -> Callable[[int], float]:
-    milestones = sorted(args.milestones)
-    steps, warm = args.steps, args.warmup
-
-    def multiplier(t: int) -> float:
-        m = args.gamma ** sum(t >= s for s in milestones)
-        if warm and t < warm:
-            m *= (t + 1) / warm
-        if args.cosine:
-            frac = max(t - warm, 0) / max(steps - warm, 1)
-            m *= args.eta_min + (1.0 - args.eta_min) * 0.5 * (1.0 + math.cos(math.pi * frac))
-        return m
-
-    return multiplier
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    """Run ``smdyn plan``: print the table; write stages.csv, series.csv, plan.png and config.toml."""
-    rescale = {"no": False, "yes": True, "both": "both"}[args.rescale]
-    try:
-        result = plan(
-            _cli_schedule(args),
-            args.lr,
-            args.wd,
-            args.momentum,
-            L=args.L,
-            steps=args.steps,
-            rescale=rescale,
-            mode=args.mode,
-            w0=args.w0,
-        )
-    except (ValueError, TypeError) as exc:
-        print(f"smdyn plan: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out) if args.out else Path("runs") / f"plan-{datetime.now():%Y%m%d-%H%M%S}"
-    out.mkdir(parents=True, exist_ok=True)
-    print(result.to_string())
-    rows = result.table()
-    with open(out / "stages.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    stride = max(1, math.ceil(len(result.lr) / 20_000))  # keep the file small for long schedules
-    cols: dict[str, NDArray[Any]] = {
-        "step": np.arange(len(result.lr)),
-        "lr": result.lr,
-        "theory_angular_update": result.theory_angular_update,
-        "theory_weight_norm": result.theory_weight_norm,
-    }
-    for name, run in result.runs.items():
-        cols[f"angular_update_{name}"] = run["angular_update"]
-        cols[f"weight_norm_{name}"] = run["weight_norm"]
-    with open(out / "series.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(cols)
-        for t in range(0, len(result.lr), stride):
-            writer.writerow([repr(int(c[t])) if k == "step" else repr(float(c[t])) for k, c in cols.items()])
-    settings = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    lines = ["# smdyn plan", "[plan]", *(f"{k} = {_toml(v)}" for k, v in settings.items() if v is not None)]
-    (out / "config.toml").write_text("\n".join(lines) + "\n")
-    png = result.plot(out / "plan.png")
-    print(f"wrote {out}: stages.csv, series.csv (every {stride} step(s)), {png.name}, config.toml")
-    return 0
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
-
-
-def plan_main(argv: Sequence[str] | None = None) -> int:
-    """``smdyn plan`` as a standalone entry point: parse ``argv`` and run."""
-    parser = argparse.ArgumentParser(prog="smdyn plan", description=(__doc__ or "").splitlines()[0])
-    return run_plan(add_plan_arguments(parser).parse_args(argv))

@@ -35,7 +35,7 @@ buffer after the drop     Gram model,    Gram model,    CNN, mnist1d,   CNN, mni
 reset to 0                0.436          0.56           −52%            −22%
 ========================  =============  =============  ==============  =============
 
-Gram model: the noiseless recurrence of DESIGN §2 at λη_new = 1e-3 (at α = 0.99: ``"split"`` 1.1e-5,
+Gram model: the noiseless recurrence of docs/design.md §2 at λη_new = 1e-3 (at α = 0.99: ``"split"`` 1.1e-5,
 ``"scale"`` 1.5e-3, ``"keep"`` 1% off for 589 steps). [1] 3-layer BatchNorm CNN on mnist1d, SGD lr 0.1 → 0.01,
 λ = 5e-3, α = 0.9, at equilibrium before the drop (RMS Δ/Δ* = 0.99-1.00); paired runs (same batches, 6 seeds ×
 3 layers), mean of Δ/Δ_split − 1; RMS Δ/Δ*_new on the first step: 1.02 with ``"split"``, 0.69 with ``"keep"``,
@@ -57,19 +57,32 @@ to the front of ``optimizer._optimizer_step_pre_hooks`` (an ``OrderedDict``) wit
 ``move_to_end(key, last=False)``: it runs before every per-optimizer pre-hook whatever the attach order.
 Global hooks (``torch.optim.optimizer.register_optimizer_step_pre_hook``) still run before it.
 
-Modes. ``"drops"`` (the paper's rule): rescale only when the lr falls by more than ``threshold`` between two
-consecutive optimizer steps; increases (warm-up) change nothing and are logged, small decreases are ignored.
-``"continuous"``: every change, so the cumulative factor is (lr/lr₀)^¼ — a generalisation that keeps smooth
-schedules (cosine, warm-up) on the equilibrium curve, which the planner (:func:`smdyn.plan`) shows before
-training: for a 3000-step cosine from λη = 1e-4 (α = 0.9) the noiseless model keeps |Δ/Δ* − 1| < 1e-3 with it,
+Modes. Both follow the lr both ways: the cumulative factor is the closed form (lr/lr₀)^¼ (SGD; ^½ AdamW) of
+the equilibrium law, so a decrease scales the weights down, an increase (warm-up, a restart of a cyclic
+schedule) scales them back up by the same law, and a schedule that returns to an earlier lr returns the
+weights to the factor they had there — no schedule ratchets them towards the floor. ``"drops"`` (the paper's
+rule, the default): the factor changes only when the lr has moved by more than ``threshold`` from the lr
+of the last rescale (down below (1 − threshold)·lr, up above lr/(1 − threshold)); smaller moves wait, and
+count once they add up. ``"continuous"``: every change — a generalisation that keeps smooth schedules
+(cosine, warm-up) on the equilibrium curve, which the planner (:func:`smdyn.plan`) shows before training:
+for a 3000-step cosine from λη = 1e-4 (α = 0.9) the noiseless model keeps |Δ/Δ* − 1| < 1e-3 with it,
 against a mean of 0.20 and −76% at 90% of the schedule without. In both modes the cumulative factor never goes
 below ``floor``: a schedule that decays towards 0 would drive the norms towards 0, where BatchNorm's eps is no
-longer negligible (the output moves by ≈ eps(1/c² − 1)/(2σ²)) and the weights lose precision. An lr of 0 or a
-non-finite lr is skipped with a warning; the next valid lr is compared with the last valid one.
+longer negligible (the output moves by ≈ eps(1/c² − 1)/(2σ²)) and the weights lose precision.
+
+lr₀ is the first positive, finite lr the Rescaler sees: a warm-up from lr = 0 starts the rule at its first
+positive step (nothing is divided by 0), and the weights then grow by (lr_peak/lr₀)^¼ over the warm-up, as
+the law says for weights at the equilibrium of lr₀. Weights far from that equilibrium (a fresh
+initialisation) are better left alone during a warm-up: build the Rescaler after it. After the start, an
+lr of 0 or a non-finite lr is skipped with a warning; the next valid lr is compared with the last valid one.
+
+Never inside ``optimizer.step()``: an exception in the Rescaler's hook becomes one ``RuntimeWarning`` and the
+Rescaler goes idle (the weights keep the factor applied so far). Bad constructor arguments still raise.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import warnings
@@ -82,95 +95,40 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from smdyn import geometry
+from smdyn._rescale_rule import LrRule as _LrRule
+from smdyn._rescale_rule import check_rule_args as _check_rule_args
+from smdyn.rules import rule_for
 
-__all__ = ["Rescaler"]
+__all__ = ["Rescaler", "check_settings"]
 
 _log = logging.getLogger("smdyn")
 
-_MODES = ("drops", "continuous")
 _MOMENTUM = ("split", "scale", "keep")
 
 
 # --------------------------------------------------------------------------------------------------
-# The rule: which lr change gives which factor (pure Python; the planner runs the same rule)
+# Settings. The rule itself (which lr change gives which factor) is smdyn._rescale_rule.LrRule, which the
+# planner runs too.
 
 
-@dataclass
-class _LrRule:
-    """Turns one param group's sequence of learning rates into weight factors.
+def check_settings(**kwargs: Any) -> None:
+    """Refuse now what ``Rescaler(optimizer, ..., **kwargs)`` would refuse later for these settings.
 
-    ``target`` is the cumulative factor the rule asks for, ``applied`` the cumulative factor applied so far:
-    max(target, floor). Each observation returns the factor to apply now, applied_new / applied_old.
+    For the framework callbacks, which build their Rescalers only when training starts: an unknown name is a
+    TypeError, and ``mode``, ``threshold``, ``floor`` and ``momentum`` get the constructor's own checks.
     """
-
-    mode: str
-    threshold: float
-    floor: float
-    exponent: float
-    last_lr: float | None = None  # last valid lr seen
-    ref_lr: float | None = None  # first valid lr: continuous mode's target is (lr / ref_lr)^exponent
-    target: float = 1.0
-    applied: float = 1.0
-    invalid: bool = False  # the last lr seen was 0 or non-finite
-
-    def observe(self, lr: float) -> tuple[str, float, float]:
-        """Return (action, r, factor) for the lr of this step; factor 1.0 means leave the weights alone.
-
-        Actions: ``start``, ``same``, ``ignored`` (small decrease in drops mode), ``ignored_increase``,
-        ``rescaled``, ``floored`` (the floor took all of it), ``skipped`` (lr 0 or non-finite, first seen),
-        ``still_skipped``.
-        """
-        if not (math.isfinite(lr) and lr > 0):
-            action = "still_skipped" if self.invalid else "skipped"
-            self.invalid = True
-            return action, math.nan, 1.0
-        self.invalid = False
-        if self.last_lr is None:
-            self.last_lr = self.ref_lr = lr
-            return "start", 1.0, 1.0
-        r = lr / self.last_lr
-        self.last_lr = lr
-        if r == 1.0:
-            return "same", r, 1.0
-        if self.mode == "drops":
-            if r > 1.0:
-                return "ignored_increase", r, 1.0
-            if r >= 1.0 - self.threshold:
-                return "ignored", r, 1.0
-            self.target *= r**self.exponent
-        else:
-            assert self.ref_lr is not None
-            self.target = (lr / self.ref_lr) ** self.exponent
-        new = max(self.target, self.floor)
-        factor = new / self.applied
-        self.applied = new
-        return ("rescaled" if factor != 1.0 else "floored"), r, factor
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "last_lr": self.last_lr,
-            "ref_lr": self.ref_lr,
-            "target": self.target,
-            "applied": self.applied,
-            "invalid": self.invalid,
-        }
-
-    def load(self, state: Mapping[str, Any]) -> None:
-        self.last_lr = None if state["last_lr"] is None else float(state["last_lr"])
-        self.ref_lr = None if state["ref_lr"] is None else float(state["ref_lr"])
-        self.target = float(state["target"])
-        self.applied = float(state["applied"])
-        self.invalid = bool(state["invalid"])
+    params = inspect.signature(Rescaler).parameters
+    unknown = sorted(set(kwargs) - set(params) | set(kwargs) & {"optimizer", "params", "model"})
+    if unknown:
+        raise TypeError(f"Rescaler got unexpected keyword arguments: {', '.join(unknown)}")
+    value = {k: kwargs.get(k, params[k].default) for k in ("mode", "threshold", "floor", "momentum")}
+    _check_rule_args(value["mode"], value["threshold"], value["floor"])
+    _check_momentum(value["momentum"])
 
 
-def _check_rule_args(mode: str, threshold: float, floor: float) -> None:
-    """Shared by :class:`Rescaler` and the planner, so both refuse the same bad settings."""
-    if mode not in _MODES:
-        raise ValueError(f"mode must be 'drops' or 'continuous', got {mode!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
-        raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-        raise ValueError(f"floor must be a number in [0, 1], got {floor!r}")
+def _check_momentum(momentum: str) -> None:
+    if momentum not in _MOMENTUM:
+        raise ValueError(f"momentum must be one of {_MOMENTUM}, got {momentum!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,23 +146,22 @@ class _Unit:
     stats: list[tuple[_NormBase, torch.Tensor | None]] = field(default_factory=list)
 
 
-def _exponent_for(optimizer: torch.optim.Optimizer) -> float:
-    """r^exponent: ¼ for SGD(M) (Thms 1-2: w* ∝ η^¼), ½ for AdamW (Kosson et al. 2024: w* ∝ η^½)."""
-    if isinstance(optimizer, torch.optim.SGD):
-        return 0.25
-    if isinstance(optimizer, torch.optim.AdamW):
-        return 0.5
-    if isinstance(optimizer, torch.optim.Adam):
-        if all(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups):
-            return 0.5
+def _exponent_for(optimizer: torch.optim.Optimizer) -> tuple[float, str]:
+    """(exponent, family) from the rule registry: w* ∝ η^¼ for SGD(M) (Thms 1-2), η^½ for AdamW."""
+    found = {
+        (r.norm_exponent, r.family, r.note) for r in (rule_for(optimizer, g) for g in optimizer.param_groups)
+    }
+    bad = sorted(note or family for exp, family, note in found if math.isnan(exp))
+    if bad:
         raise TypeError(
-            "optimizer: Adam with L2 weight decay has no derived equilibrium law; use AdamW "
-            "(or Adam(decoupled_weight_decay=True)) or SGD"
+            f"optimizer: {type(optimizer).__name__} has no derived equilibrium law for rescaling ({bad[0]}); "
+            "supported are torch.optim.SGD (weights × r^¼), torch.optim.AdamW and "
+            "Adam(decoupled_weight_decay=True) (weights × r^½), or a rule registered with smdyn.rules"
         )
-    raise TypeError(
-        f"optimizer: {type(optimizer).__name__} has no derived equilibrium law for rescaling; supported are "
-        "torch.optim.SGD (weights × r^¼) and torch.optim.AdamW (weights × r^½)"
-    )
+    if len({(exp, family) for exp, family, _ in found}) > 1:
+        raise TypeError("optimizer: its param groups follow update rules with different equilibrium laws")
+    exp, family, _ = found.pop()
+    return exp, family
 
 
 def _detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any] | None:
@@ -394,9 +351,11 @@ class Rescaler:
             ``(name, parameter)`` pairs.
         model: the model; needed for ``"auto"`` and names, to check invariance and to find the norm layers
             whose running statistics follow the weights.
-        mode: ``"drops"`` (rescale at decreases by more than ``threshold`` between two steps; the paper's
-            rule) or ``"continuous"`` (at every change).
-        threshold: relative decrease that counts as a drop in ``"drops"`` mode: lr_new < (1 − threshold)·lr.
+        mode: ``"drops"`` (rescale when the lr has moved by more than ``threshold`` since the last rescale,
+            either way; the paper's rule) or ``"continuous"`` (at every change). Both keep the cumulative
+            factor at (lr/lr₀)^¼ (module docstring).
+        threshold: relative move that counts in ``"drops"`` mode: lr < (1 − threshold)·lr_last_rescale or
+            lr > lr_last_rescale / (1 − threshold).
         floor: lower bound on the cumulative weight factor since the Rescaler was attached, in both modes
             (0.1: norms never fall below a tenth of their value then; that is lr/lr₀ = 1e-4 for SGD).
         momentum: what happens to the optimizer's momentum state: ``"split"`` (default: tangential part of
@@ -411,8 +370,8 @@ class Rescaler:
 
     Attributes:
         events: one dict per logged event: ``step``, ``group``, ``lr_before``, ``lr_after``, ``r``,
-            ``factor`` (applied to the weights now), ``cumulative``, ``action`` (``rescaled``, ``floored``,
-            ``ignored_increase`` — consecutive steps merged, ``last_step`` is the last — or ``skipped``).
+            ``factor`` (applied to the weights now: < 1 after a decrease, > 1 after an increase),
+            ``cumulative``, ``action`` (``rescaled``, ``floored`` or ``skipped``), ``last_step``.
         step: optimizer steps seen.
 
     Raises:
@@ -439,13 +398,12 @@ class Rescaler:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         _check_rule_args(mode, threshold, floor)
-        if momentum not in _MOMENTUM:
-            raise ValueError(f"momentum must be one of {_MOMENTUM}, got {momentum!r}")
+        _check_momentum(momentum)
         self.optimizer = optimizer
         self.mode = mode
         self.momentum = momentum
-        self.exponent = _exponent_for(optimizer)
-        self._adam = self.exponent == 0.5
+        self.exponent, family = _exponent_for(optimizer)
+        self._adam = family == "adamw"
         self._units = _resolve(optimizer, params, model, force, example_batch, loss_fn)
         self._by_group: dict[int, list[_Unit]] = {}
         for u in self._units:
@@ -500,8 +458,21 @@ class Rescaler:
         """
         if self._closed:
             return
-        self._observe()
+        try:
+            self._observe()
+        except Exception as exc:  # never break the user's training step
+            warnings.warn(
+                f"smdyn Rescaler: {exc!r} at step {self.step}; the Rescaler is idle from now on (the "
+                f"weights keep the factors applied so far: {self._factors()})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.close()
+            return
         self.step += 1
+
+    def _factors(self) -> str:
+        return ", ".join(f"group {gi} × {rule.applied:.6g}" for gi, rule in self._rules.items())
 
     def _observe(self) -> None:
         for gi, units in self._by_group.items():
@@ -517,7 +488,9 @@ class Rescaler:
                     RuntimeWarning,
                     stacklevel=4,
                 )
-            if action in ("rescaled", "floored", "ignored_increase", "skipped"):
+            if action == "waiting" and self.step == 0:
+                _log.info("smdyn: group %d starts at lr 0; the rule starts at its first positive lr", gi)
+            if action in ("rescaled", "floored", "skipped"):
                 self._event(gi, action, before, lr, r, factor, rule.applied)
             if factor != 1.0:
                 self._rescale(units, factor)
@@ -525,15 +498,6 @@ class Rescaler:
     def _event(
         self, gi: int, action: str, before: float | None, lr: float, r: float, factor: float, cum: float
     ) -> None:
-        last = next((e for e in reversed(self.events) if e["group"] == gi), None)
-        if (
-            action == "ignored_increase"
-            and last is not None
-            and last["action"] == action
-            and last["last_step"] == self.step - 1
-        ):
-            last.update(lr_after=lr, r=lr / last["lr_before"], last_step=self.step)
-            return
         event = {
             "step": self.step,
             "group": gi,

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from smdyn import theory
+from smdyn.dynamics import NORM_EXPONENT
 
 __all__ = ["Rule", "register_rule", "registered_rules", "rule_for"]
 
@@ -121,7 +122,7 @@ def _sgd(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:
         note=note,
         buffer="momentum_buffer",
         coefficients=_sgd_coefficients if known else None,
-        norm_exponent=0.25,
+        norm_exponent=NORM_EXPONENT,
     )
 
 

@@ -17,23 +17,10 @@ Two engines compute the same dynamics:
   :func:`smdyn.geometry.angle_from_sums`.
 * ``"reduced"``: for the random model with a gradient orthogonal to both w_t and the momentum buffer v_{t-1}
   (exact as dim → ∞, and exact at any dim for SGD, where only g ⟂ w matters), the state of Eqs 10-11 is
-  the Gram matrix of (w, v): three scalars per trajectory with a closed update (DESIGN.md §2). It is
-  vectorised over trajectories in float64 numpy: ~20 ns per trajectory-step at 1 000 trajectories (the
-  ~15 µs per step of numpy calls dominates below ~500), plus ~25 ns per gamma draw when V > 0, so
-  million-step horizons and hyper-parameter grids are cheap (benchmarks/simulate_throughput.py).
-
-The reduced engine carries the Gram matrix as (‖w‖², ⟨w, v⟩, ‖v⟂w‖²), the last being the squared
-part of v orthogonal to w, which is ‖v‖² − ⟨w, v⟩²/‖w‖²: the same three numbers, but the tangential part is
-updated directly instead of by that subtraction, which cancels when a step is mostly radial. With
-v' = αv + g + λw (Eq 10), g ⟂ w, v and ‖g‖² = ‖g̃‖²/‖w‖²:
-
-    ⟨w, v'⟩ = α⟨w, v⟩ + λ‖w‖²,   ‖v'⟂‖² = α²‖v⟂‖² + ‖g‖²,   c = 1 − η⟨w, v'⟩/‖w‖²
-    ‖w'‖² = c²‖w‖² + η²‖v'⟂‖²,   Δ = atan2(η‖v'⟂‖, c‖w‖)                      (Eq 11, Def 3)
-    ⟨w', v'⟩ = c⟨w, v'⟩ − η‖v'⟂‖²,   ‖v'⟂w'‖² = ‖v'⟂‖²‖w‖²/‖w'‖²
-
-which is DESIGN.md's ⟨w, v'⟩ = α⟨w, v⟩ + λ‖w‖², ‖v'‖² = α²‖v‖² + L/‖w‖² + λ²‖w‖² + 2αλ⟨w, v⟩,
-‖w'‖² = ‖w‖² − 2η⟨w, v'⟩ + η²‖v'‖², ⟨w', v'⟩ = ⟨w, v'⟩ − η‖v'‖² with ‖v‖² split into its radial and
-tangential parts. At α = 0 it is the SGD norm recurrence ‖w'‖² = (1−λη)²‖w‖² + η²‖g̃‖²/‖w‖² exactly.
+  the Gram matrix of (w, v): three scalars per trajectory with a closed update, :mod:`smdyn.dynamics`
+  (docs/design.md §2), vectorised over trajectories in float64 numpy. About 20 ns per trajectory-step at
+  1 000 trajectories plus ~11 ns per gamma draw when V > 0, so million-step horizons and hyper-parameter
+  grids are cheap (benchmarks/simulate_throughput.py).
 
 Per step the result holds ‖w_t‖², Δ_t, ‖g̃_t‖², h̃_t (Thm 2, assumption 6) and the theory: Δ*_t (Thm 3) and
 w*_t² (Thms 1-2, exact fixed-point form, :func:`smdyn.theory.weight_norm`) from that step's η_t and L_t.
@@ -41,6 +28,7 @@ w*_t² (Thms 1-2, exact fixed-point form, :func:`smdyn.theory.weight_norm`) from
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -50,7 +38,8 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike, NDArray
 
-from smdyn import geometry, theory
+from smdyn import dynamics, geometry, theory
+from smdyn.dynamics import GramState
 
 __all__ = ["SimulationResult", "simulate"]
 
@@ -258,114 +247,97 @@ def _device(device: str | torch.device | None) -> torch.device:
 def _draw_unit_grad_sq(
     rng: np.random.Generator, L: NDArray, V: NDArray, noise: str, trajectories: int
 ) -> NDArray[np.float64]:
-    """‖g̃_t‖² per step and trajectory, ``[steps, trajectories]``, of mean L_t and variance V_t.
+    """‖g̃‖² per step and trajectory, ``[steps, trajectories]``, of mean L_t and variance V_t.
 
-    ``gamma``: shape L²/V, scale V/L (positive, skewed, no floor above 0); ``uniform``:
-    L + √(3V)·U(−1, 1) (floor L − √(3V), which needs V <= L²/3). V = 0 gives L exactly.
+    ``gamma``: shape L²/V, scale V/L (positive, skewed, no floor above 0; :func:`_standard_gamma`);
+    ``uniform``: L + √(3V)·U(−1, 1) (floor L − √(3V), which needs V <= L²/3). V = 0 gives L exactly.
     """
     steps = L.shape[0]
     Lc, Vc = L[:, None], V[:, None]
     if noise == "uniform":
         u = rng.uniform(-1.0, 1.0, size=(steps, trajectories))
         return Lc + np.sqrt(3.0 * Vc) * u
-    noisy = Vc > 0
+    noisy = V > 0
     if not noisy.any():
         return np.repeat(Lc, trajectories, axis=1)
-    shape = np.where(noisy, Lc * Lc / np.where(noisy, Vc, 1.0), 1.0)
-    scale = np.where(noisy, Vc / Lc, 1.0)
-    g = rng.gamma(
-        np.broadcast_to(shape, (steps, trajectories)), np.broadcast_to(scale, (steps, trajectories))
-    )
-    return np.where(noisy, g, Lc)
+    shape = np.where(noisy, L * L / np.where(noisy, V, 1.0), 1.0)
+    scale = np.where(noisy, V / L, 1.0)
+    out = np.empty((steps, trajectories))
+    change = np.flatnonzero((np.diff(shape) != 0) | (np.diff(scale) != 0)) + 1
+    for a, b in itertools.pairwise([0, *change.tolist(), steps]):  # steps that share (L, V): one call
+        _standard_gamma(rng, float(shape[a]), float(scale[a]), out[a:b])
+    return out if noisy.all() else np.where(noisy[:, None], out, Lc)
 
 
-def _equilibrium_state(L: float, lr: float, wd: float, momentum: float) -> tuple[float, float, float]:
-    """The fixed point (‖w‖², ⟨w, v⟩, ‖v⟂w‖²) of the Gram recurrence at constant L, η, λ, α (v is v_{t-1}).
+_GAMMA_CHUNK = 1 << 15  # candidates per pass of _standard_gamma: its float32 temporaries stay in cache
 
-    ‖w*‖² from Thm 2 (:func:`smdyn.theory.weight_norm`), ⟨w_t, v_{t-1}⟩ = −λ‖w*‖²/(1+α) and
-    ‖v_{t-1}‖² = 2λ‖w*‖²/(η(1+α)) (the fixed point of DESIGN.md §2's four equations), so the tangential
-    part is ‖v‖² − ⟨w, v⟩²/‖w*‖² = λ‖w*‖²(2/η − λ/(1+α))/(1+α), positive because λη < 1.
+
+def _standard_gamma(rng: np.random.Generator, k: float, scale: float, out: NDArray[np.float64]) -> None:
+    """Fill ``out`` (C-contiguous) with Gamma(k, scale) variates, exact in distribution to float32 rounding.
+
+    For k >= 1, Marsaglia & Tsang's method ("A simple method for generating gamma variables", ACM TOMS
+    26(3), 2000) vectorised in float32: x ~ N(0, 1) by Box-Muller, v = (1 + x/√(9d))³ with d = k − 1/3,
+    accept d·v when v > 0 and ln U < x²/2 + d(1 − v + ln v) (95% accepted at k = 1, 99% at k = 4). Every
+    candidate takes the full test: without the squeeze's indexing numpy is faster. ~10 ns a variate
+    against ~18 for numpy's float64 ``standard_gamma`` (numpy 2.4, 1 thread), which draws one normal at
+    a time. The float32 uniforms behind Box-Muller reach |x| <= 5.8 only (probability 8e-9 beyond).
+    k < 1 (V > L², rare) and blocks of fewer than ``_GAMMA_CHUNK`` draws use numpy's float64 sampler.
     """
-    x = float(theory.weight_norm(L, lr, wd, momentum)) ** 2
-    z = -wd * x / (1.0 + momentum)
-    q = wd * x * (2.0 / lr - wd / (1.0 + momentum)) / (1.0 + momentum)
-    return x, z, q
+    if k < 1.0 or out.size < _GAMMA_CHUNK:  # few draws (L, V vary by step): numpy's calls cost less
+        rng.standard_gamma(k, size=out.shape, out=out)
+        out *= scale
+        return
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, _GAMMA_CHUNK):
+        _marsaglia_tsang32(rng, k, scale, flat[i : i + _GAMMA_CHUNK])
+
+
+def _marsaglia_tsang32(rng: np.random.Generator, k: float, scale: float, out: NDArray[np.float64]) -> None:
+    """Fill the 1-D ``out`` with Gamma(k, scale) variates (k >= 1); see :func:`_standard_gamma`."""
+    d, c = k - 1.0 / 3.0, 1.0 / math.sqrt(9.0 * k - 3.0)
+    # 0-d float32 arrays: numpy takes them faster than Python or numpy scalars
+    one, minus_two, two_pi, half = (np.array(v, np.float32) for v in (1.0, -2.0, 2.0 * math.pi, 0.5))
+    c32, d32, scale32 = (np.array(v, np.float32) for v in (c, d, d * scale))
+    n, filled = out.size, 0
+    while filled < n:
+        h = (n - filled) // 2 + (n - filled) // 32 + 8  # candidate pairs, a few spare for rejections
+        u = rng.random(4 * h, dtype=np.float32)
+        radius, angle, accept = u[:h], u[h : 2 * h], u[2 * h :]
+        np.subtract(one, radius, out=radius)  # (0, 1]
+        np.log(radius, out=radius)
+        radius *= minus_two
+        np.sqrt(radius, out=radius)
+        angle *= two_pi
+        x = np.empty(2 * h, np.float32)  # Box-Muller: √(−2 ln u₁)·(cos, sin)(2πu₂)
+        np.cos(angle, out=x[:h])
+        np.sin(angle, out=x[h:])
+        x[:h] *= radius
+        x[h:] *= radius
+        v = x * c32
+        v += one
+        v *= v * v  # (1 + cx)³
+        with np.errstate(divide="ignore", invalid="ignore"):  # v <= 0: ln v is nan or −inf, rejected
+            test = np.log(v)
+            test -= v
+            test += one
+            test *= d32
+            x *= x
+            x *= half
+            test += x  # x²/2 + d(1 − v + ln v)
+            np.log(accept, out=accept)  # U = 0: −inf, accepted
+        got = v[accept < test][: n - filled]
+        np.multiply(got, scale32, out=out[filled : filled + got.size])
+        filled += got.size
+
+
+def _grad_floor(L: NDArray, V: NDArray, noise: str) -> NDArray[np.float64]:
+    """l_t, the lower bound of ‖g̃_t‖² (Thm 1, assumption 4)."""
+    floor = np.maximum(L - np.sqrt(3.0 * V), 0.0) if noise == "uniform" else np.zeros_like(L)
+    return np.where(V == 0, L, floor)
 
 
 # --------------------------------------------------------------------------------------------------
 # Engines
-
-
-def _run_reduced(
-    lr: NDArray,
-    wd: float,
-    momentum: float,
-    G: NDArray,
-    state: tuple[float, float, float],
-    factors: NDArray,
-    rescale_momentum: str,
-) -> tuple[NDArray, NDArray]:
-    """The Gram recurrence of the module docstring, float64, vectorised over trajectories.
-
-    ``state`` is (‖w_0‖², ⟨w_0, v_{-1}⟩, ‖v_{-1}⟂w_0‖²). Every quantity updated is a sum of positive terms
-    except ⟨w', v'⟩ = ⟨w, v'⟩c − η‖v'⟂‖², whose two terms differ by a factor ~2 in equilibrium, so nothing
-    cancels. Returns ``(weight_norm_sq, angular_update)``, each ``[steps, trajectories]``.
-    """
-    steps, n = G.shape
-    alpha = float(momentum)
-    has_momentum = alpha != 0.0
-    x_out = np.empty((steps, n))
-    num = np.empty((steps, n))  # η²‖v'⟂‖²‖w‖², then Δ
-    den = np.empty((steps, n))  # ‖w‖² − η⟨w, v'⟩
-    x_out[0] = state[0]
-    z = np.full(n, state[1])  # ⟨w_t, v_{t-1}⟩
-    q = np.full(n, state[2])  # ‖v_{t-1} ⟂ w_t‖²
-    z1 = np.empty(n)
-    p = np.empty(n)
-    c = np.empty(n)
-    tmp = np.empty(n)
-    x_last = np.empty(n)
-    for t, (eta, f) in enumerate(zip(lr.tolist(), factors.tolist(), strict=True)):
-        x = x_out[t]
-        if f != 1.0:  # Sec 4.2: w ← f·w; v per ``rescale_momentum``
-            x *= f * f
-            if rescale_momentum == "keep":
-                z *= f  # ⟨fw, v⟩
-            else:
-                q /= f * f  # tangential part ÷ f
-                if rescale_momentum == "split":
-                    z *= f * f  # radial part × f: ⟨fw, f·v_r⟩
-        # Eq 10: ⟨w, v'⟩ = α⟨w, v⟩ + λ‖w‖², ‖v'⟂‖² = α²‖v⟂‖² + ‖g‖² with ‖g‖² = ‖g̃‖²/‖w‖²
-        np.multiply(x, wd, out=z1)
-        np.divide(G[t], x, out=p)
-        if has_momentum:
-            np.multiply(z, alpha, out=tmp)
-            z1 += tmp
-            np.multiply(q, alpha * alpha, out=tmp)
-            p += tmp
-        # Eq 11: w' = c·w − η·v'⟂ with c = 1 − η⟨w, v'⟩/‖w‖²
-        np.divide(z1, x, out=c)
-        c *= -eta
-        c += 1.0
-        d_t = den[t]
-        np.multiply(x, c, out=d_t)
-        x_next = x_out[t + 1] if t + 1 < steps else x_last
-        np.multiply(p, eta * eta, out=tmp)  # η²‖v'⟂‖²
-        np.multiply(d_t, c, out=x_next)
-        x_next += tmp
-        n_t = num[t]
-        np.multiply(tmp, x, out=n_t)
-        if has_momentum:
-            # v' seen from w': ⟨w', v'⟩ = ⟨w, v'⟩c − η‖v'⟂‖², ‖v'⟂w'‖² = ‖v'⟂‖²‖w‖²/‖w'‖²
-            np.multiply(z1, c, out=z)
-            p *= eta
-            z -= p
-            np.divide(n_t, x_next, out=q)
-            q /= eta * eta
-    # Δ = atan2(η‖v'⟂‖, ‖w‖ − η⟨w, v'⟩/‖w‖), both sides multiplied by ‖w‖ (Def 3, Eq 13)
-    np.sqrt(num, out=num)
-    np.arctan2(num, den, out=num)
-    return x_out, num
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -420,7 +392,7 @@ def _run_full(
     wd: float,
     momentum: float,
     G: NDArray | None,
-    init: float | tuple[float, float, float],
+    init: float | GramState,
     factors: NDArray,
     rescale_momentum: str,
     *,
@@ -441,10 +413,13 @@ def _run_full(
     w = torch.randn(trajectories, dim, generator=gen, dtype=dtype, device=device)
     w /= torch.linalg.vector_norm(w, dim=1, keepdim=True)
     v = torch.zeros_like(w)
-    if isinstance(init, tuple):
-        x0, z0, q0 = init
+    if isinstance(init, GramState):  # v = μ·w + a random part ⟂ w of squared norm τ/‖w‖²
+        x0 = float(init.w_sq)
         e, e_sq = _random_perp(w, torch.ones(trajectories, dtype=f64, device=device), gen)
-        v = w * (z0 / math.sqrt(x0)) + e * torch.sqrt(q0 / e_sq).to(dtype)[:, None]
+        v = (
+            w * (float(init.radial) * math.sqrt(x0))
+            + e * torch.sqrt(init.area_sq / x0 / e_sq).to(dtype)[:, None]
+        )
         w *= math.sqrt(x0)
     else:
         w *= init
@@ -583,19 +558,39 @@ def simulate(
             reduced engine with the logistic gradient, L/V/init ``"equilibrium"`` with the logistic
             gradient, or an unavailable device.
     """
-    lr_f = _real("lr", lr)
-    if lr_f <= 0:
-        raise ValueError(f"lr must be > 0, got {lr_f!r}")
-    wd_f = _real("wd", wd)
-    if wd_f < 0:
-        raise ValueError(f"wd must be >= 0, got {wd_f!r}")
-    alpha = _real("momentum", momentum)
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {alpha!r}")
-    steps = _whole("steps", steps, 1)
-    trajectories = _whole("trajectories", trajectories, 1)
-    dim = _whole("dim", dim, 2)
-    seed = _whole("seed", seed, 0)
+    setup = _setup(
+        lr, wd, momentum, steps=steps, trajectories=trajectories, dim=dim, L=L, V=V, schedule=schedule,
+        rescale=rescale, rescale_momentum=rescale_momentum, init_norm=init_norm, noise=noise, seed=seed,
+        dtype=dtype, engine=engine, gradient=gradient, device=device,
+    )  # fmt: skip
+    return _run(setup)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """:func:`simulate`'s arguments, checked, with the per-step series they imply."""
+
+    lr: NDArray[np.float64]  # η_t
+    wd: float
+    momentum: float
+    L: NDArray[np.float64]
+    V: NDArray[np.float64]
+    factors: NDArray[np.float64]  # the Sec 4.2 weight factor before each step (1.0: none)
+    init: float | Literal["equilibrium"]
+    rescale_momentum: Momentum
+    noise: str
+    gradient: str
+    engine: str  # "full" or "reduced"
+    trajectories: int
+    dim: int
+    seed: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+def _check_choices(
+    engine: str, gradient: str, noise: str, dtype: torch.dtype, rescale: bool, rescale_momentum: str
+) -> None:
     if engine not in ("full", "reduced", "auto"):
         raise ValueError(f"engine must be 'full', 'reduced' or 'auto', got {engine!r}")
     if gradient not in ("random", "logistic"):
@@ -609,8 +604,44 @@ def simulate(
     if rescale_momentum not in ("split", "scale", "keep"):
         raise ValueError(f"rescale_momentum must be 'split', 'scale' or 'keep', got {rescale_momentum!r}")
 
-    sched = _schedule(schedule, steps)
-    lr_t = lr_f * sched
+
+def _setup(
+    lr: float,
+    wd: float,
+    momentum: float,
+    *,
+    steps: int,
+    trajectories: int,
+    dim: int,
+    L: float | ArrayLike,
+    V: float | ArrayLike,
+    schedule: ArrayLike | Callable[[int], float] | None,
+    rescale: bool,
+    rescale_momentum: Momentum,
+    init_norm: float | str,
+    noise: str,
+    seed: int,
+    dtype: torch.dtype,
+    engine: str,
+    gradient: str,
+    device: str | torch.device | None,
+) -> _Setup:
+    """Check :func:`simulate`'s arguments (the errors its docstring lists) and derive the series."""
+    lr_f = _real("lr", lr)
+    if lr_f <= 0:
+        raise ValueError(f"lr must be > 0, got {lr_f!r}")
+    wd_f = _real("wd", wd)
+    if wd_f < 0:
+        raise ValueError(f"wd must be >= 0, got {wd_f!r}")
+    alpha = _real("momentum", momentum)
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {alpha!r}")
+    steps = _whole("steps", steps, 1)
+    trajectories = _whole("trajectories", trajectories, 1)
+    dim = _whole("dim", dim, 2)
+    seed = _whole("seed", seed, 0)
+    _check_choices(engine, gradient, noise, dtype, rescale, rescale_momentum)
+    lr_t = lr_f * _schedule(schedule, steps)
     if np.any(wd_f * lr_t >= 1.0):
         t = int(np.argmax(wd_f * lr_t >= 1.0))
         raise ValueError(
@@ -628,10 +659,8 @@ def simulate(
     if isinstance(init_norm, str):
         if init_norm != "equilibrium":
             raise ValueError(f"init_norm must be a positive number or 'equilibrium', got {init_norm!r}")
-    else:
-        init_f = _real("init_norm", init_norm)
-        if init_f <= 0:
-            raise ValueError(f"init_norm must be > 0, got {init_f!r}")
+    elif _real("init_norm", init_norm) <= 0:
+        raise ValueError(f"init_norm must be > 0, got {init_norm!r}")
     if gradient == "logistic":
         if engine == "reduced":
             raise ValueError("engine 'reduced' needs gradient='random' (the Gram recurrence assumes it)")
@@ -640,72 +669,70 @@ def simulate(
         if init_norm == "equilibrium":
             raise ValueError("init_norm='equilibrium' needs gradient='random' (L must be known in advance)")
     dev = _device(device)
-    resolved = ("reduced" if gradient == "random" else "full") if engine == "auto" else engine
     if wd_f == 0.0 and init_norm == "equilibrium":
         raise ValueError(
             "init_norm='equilibrium' needs wd > 0 (without weight decay there is no equilibrium)"
         )
-
     factors = np.ones(steps)
     if rescale and steps > 1:
         factors[1:] = np.asarray(theory.rescale_factor(lr_t[:-1] / lr_t[1:]), dtype=np.float64)
-    rescale_steps = np.flatnonzero(factors != 1.0).astype(np.int64)
+    return _Setup(
+        lr=lr_t, wd=wd_f, momentum=alpha, L=L_t, V=V_t, factors=factors,
+        init="equilibrium" if init_norm == "equilibrium" else float(init_norm),
+        rescale_momentum=rescale_momentum, noise=noise, gradient=gradient,
+        engine=("reduced" if gradient == "random" else "full") if engine == "auto" else engine,
+        trajectories=trajectories, dim=dim, seed=seed, dtype=dtype, device=dev,
+    )  # fmt: skip
 
-    if gradient == "random":
-        rng = np.random.default_rng(seed)
-        G = _draw_unit_grad_sq(rng, L_t, V_t, noise, trajectories)
-        floor = np.maximum(L_t - np.sqrt(3.0 * V_t), 0.0) if noise == "uniform" else np.zeros(steps)
-        floor = np.where(V_t == 0, L_t, floor)
-    else:
-        G = None
-        floor = np.full(steps, math.nan)
-    init: float | tuple[float, float, float]
+
+def _run(s: _Setup) -> SimulationResult:
+    """Draw the gradients' norms, run the engine and put the theory beside it."""
+    L_t, V_t, steps = s.L, s.V, s.lr.shape[0]
+    G: NDArray | None = None
+    floor = np.full(steps, math.nan)
+    if s.gradient == "random":
+        G = _draw_unit_grad_sq(np.random.default_rng(s.seed), L_t, V_t, s.noise, s.trajectories)
+        floor = _grad_floor(L_t, V_t, s.noise)
     init = (
-        _equilibrium_state(L_t[0], lr_t[0], wd_f, alpha) if init_norm == "equilibrium" else float(init_norm)
+        dynamics.fixed_point(float(L_t[0]), float(s.lr[0]), s.wd, s.momentum)
+        if s.init == "equilibrium"
+        else float(s.init)
     )
-
-    if resolved == "reduced":
+    if s.engine == "reduced":
         assert G is not None
-        state = init if isinstance(init, tuple) else (init * init, 0.0, 0.0)
-        x, delta = _run_reduced(lr_t, wd_f, alpha, G, state, factors, rescale_momentum)
+        one = init if isinstance(init, GramState) else GramState.at_rest(init)
+        start = GramState(*(np.full(s.trajectories, float(v)) for v in one))
+        x, delta, _ = dynamics.run(start, s.lr, s.wd, s.momentum, G, s.factors, s.rescale_momentum)
         gsq, h = G, G.copy()
     else:
         x, delta, gsq, h = _run_full(
-            lr_t,
-            wd_f,
-            alpha,
-            G,
-            init,
-            factors,
-            rescale_momentum,
-            trajectories=trajectories,
-            dim=dim,
-            dtype=dtype,
-            device=dev,
-            seed=seed,
-        )
-    if gradient == "logistic":
+            s.lr, s.wd, s.momentum, G, init, s.factors, s.rescale_momentum,
+            trajectories=s.trajectories, dim=s.dim, dtype=s.dtype, device=s.device, seed=s.seed,
+        )  # fmt: skip
+    if s.gradient == "logistic":
         L_t = _trailing_mean(h.mean(axis=1), _L_WINDOW)
-        V_t = _trailing_mean(h.var(axis=1), _L_WINDOW) if trajectories > 1 else np.full(steps, math.nan)
-    theory_delta = np.asarray(theory.angular_update(lr_t, wd_f, alpha), dtype=np.float64)
-    theory_norm = np.asarray(theory.weight_norm(np.maximum(L_t, 0.0), lr_t, wd_f, alpha), dtype=np.float64)
+        V_t = _trailing_mean(h.var(axis=1), _L_WINDOW) if s.trajectories > 1 else np.full(steps, math.nan)
+    theory_delta = np.asarray(theory.angular_update(s.lr, s.wd, s.momentum), dtype=np.float64)
+    theory_norm = np.asarray(
+        theory.weight_norm(np.maximum(L_t, 0.0), s.lr, s.wd, s.momentum), dtype=np.float64
+    )
     return SimulationResult(
         weight_norm_sq=x,
         angular_update=delta,
         unit_grad_sq=gsq,
         h_tilde=h,
-        lr=lr_t,
+        lr=s.lr,
         L=L_t,
         V=V_t,
         grad_floor=floor,
         theory_angular_update=theory_delta,
         theory_weight_norm_sq=theory_norm**2,
-        rescale_steps=rescale_steps,
-        wd=wd_f,
-        momentum=alpha,
-        engine=resolved,
-        gradient=gradient,
-        noise=noise if gradient == "random" else "none",
-        dim=dim if resolved == "full" else None,
-        seed=seed,
+        rescale_steps=np.flatnonzero(s.factors != 1.0).astype(np.int64),
+        wd=s.wd,
+        momentum=s.momentum,
+        engine=s.engine,
+        gradient=s.gradient,
+        noise=s.noise if s.gradient == "random" else "none",
+        dim=s.dim if s.engine == "full" else None,
+        seed=s.seed,
     )

@@ -1,10 +1,11 @@
 """``smdyn report``: one self-contained HTML page that compares runs, with paper-style figures.
 
-The page reads only run directories (through :mod:`smdyn.experiments.figures`): each run's configuration, a
-table of per-layer equilibrium statistics over the last window of its last learning-rate stage, the figures
-of Wan et al., "Spherical Motion Dynamics" (NeurIPS 2021) with captions that cite what each one tests, and
-every ``reason`` the monitor recorded (no theory for this optimizer, a collapsing unit gradient, a frozen
-weight, ...) as a warning. Images are embedded as base64 ``data:`` URIs and the styling is inline, so the
+The page reads only run directories (through :mod:`smdyn.experiments.rundir`; figures by
+:mod:`smdyn.experiments.figures`): each run's configuration, a table of per-layer equilibrium statistics
+over the last window of its last learning-rate stage, the figures of Wan et al., "Spherical Motion
+Dynamics" (NeurIPS 2021) with captions that cite what each one tests, and every ``reason`` the monitor
+recorded (no theory for this optimizer, a collapsing unit gradient, a frozen weight, ...) as a warning.
+Images are embedded as base64 ``data:`` URIs and the styling is inline, so the
 single ``report.html`` can be mailed, archived or opened offline; it has no scripts.
 
 Statistics, per monitored layer, over the last ``window`` recorded steps, within the last LR stage (the
@@ -37,14 +38,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smdyn.experiments import figures as fig
+from smdyn.experiments import rundir
+from smdyn.experiments._io import atomic_write_text
 from smdyn.experiments.figures import highlight_layer
+from smdyn.experiments.rundir import Run
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["add_report_arguments", "report_main", "write_report"]
 
-_DEFAULT_WINDOW = 200  # steps; the monitor's default window and the paper's 200-iteration mean
 _MAX_LAYER_NAMES = 4  # layers named per warning before "and N more"
 _OPEN_TABLE_LAYERS = 16  # per-layer tables longer than this start folded
 _TARGET_DELTA = 0.05  # |RMS Δ/Δ* − 1| shown green up to 5%, amber up to 10%
@@ -164,20 +167,7 @@ class _Stats:
     records: int = 0  # recorded steps in the window
 
 
-def _window_steps(run: fig.Run, window: int | None) -> int:
-    if window is not None:
-        return window
-    mon = run.config.get("monitor", {})
-    w = mon.get("window") if isinstance(mon, dict) else None
-    return int(w) if isinstance(w, int) and not isinstance(w, bool) and w > 1 else _DEFAULT_WINDOW
-
-
-def _median_abs_dev(x: np.ndarray) -> float:
-    x = x[np.isfinite(x)]
-    return float(np.median(np.abs(x - 1.0))) if len(x) else math.nan
-
-
-def _final_test_accuracy(run: fig.Run) -> float:
+def _final_test_accuracy(run: Run) -> float:
     t = run.train
     if t is not None and "test_accuracy" in t:
         acc = t["test_accuracy"].to_numpy(dtype=np.float64)
@@ -191,78 +181,57 @@ def _final_test_accuracy(run: fig.Run) -> float:
     return math.nan
 
 
-def _stats(run: fig.Run, window: int | None) -> _Stats:
-    """Per-layer equilibrium statistics over the last ``window`` recorded steps of the last LR stage."""
+def _stats(run: Run, window: int | None) -> _Stats:
+    """Per-layer equilibrium statistics over the last ``window`` recorded steps of the last LR stage
+    (`rundir.run_equilibrium`, the figures of ``summary.json`` and of the claims)."""
     import pandas as pd
 
     acc = _final_test_accuracy(run)
     m = run.metrics
     if m is None or not len(m):
         return _Stats(None, None, math.nan, math.nan, math.nan, 0, 0, 0, acc, None)
-    steps = np.unique(m["step"].to_numpy())
-    last, w = int(steps[-1]), _window_steps(run, window)
-    start = max(int(steps[-min(w, len(steps))]), int(run.stage_starts[-1]))
-    sel = m[m["step"] >= start]
-    star = sel["theory_angular_update"].to_numpy(dtype=np.float64)
-    w_star = sel["theory_weight_norm"].to_numpy(dtype=np.float64)
-    has_w = np.isfinite(w_star) & (w_star > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(star > 0, sel["angular_update"].to_numpy(dtype=np.float64) / star, np.nan)
-    d = pd.DataFrame(
+    e = rundir.run_equilibrium(run, window)
+    last = m.groupby("param", observed=True, sort=False).tail(1).set_index("param")["reason"].astype(str)
+    table = pd.DataFrame(
         {
-            "param": sel["param"].to_numpy(),
-            "r": ratio,
-            "r2": ratio**2,
-            "d2": sel["angular_update"].to_numpy(dtype=np.float64) ** 2,
-            "star": star,
-            "norm": sel["weight_norm"].to_numpy(dtype=np.float64),
-            "w2": np.where(has_w, sel["weight_norm"].to_numpy(dtype=np.float64) ** 2, np.nan),
-            "ws2": np.where(has_w, w_star**2, np.nan),
-            "wstar": w_star,
-        }
+            "rms_ratio": e.rms_ratio,
+            "mean_ratio": e.mean_ratio,
+            "norm_ratio": e.norm_ratio,
+            "rms": e.rms_delta,
+            "star": e.last_theory_delta,
+            "norm": e.last_norm,
+            "wstar": e.last_norm_star,
+            "in_equilibrium": e.in_equilibrium,
+            "reason": [last.get(n, "") for n in e.layers],
+        },
+        index=pd.Index(e.layers, name="param"),
     )
-    g = d.groupby("param", observed=True, sort=False)
-    tail = m.groupby("param", observed=True, sort=False).tail(1).set_index("param")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        table = pd.DataFrame(
-            {
-                "rms_ratio": np.sqrt(g["r2"].mean()),
-                "mean_ratio": g["r"].mean(),
-                "norm_ratio": np.sqrt(g["w2"].mean() / g["ws2"].mean()),
-                "rms": np.sqrt(g["d2"].mean()),
-                "star": g["star"].last(),
-                "norm": g["norm"].last(),
-                "wstar": g["wstar"].last(),
-            }
-        )
-    table = table.reindex([n for n in run.layers if n in table.index])
-    table["in_equilibrium"] = tail["in_equilibrium"].reindex(table.index).fillna(False).astype(bool)
-    table["reason"] = tail["reason"].astype(str).reindex(table.index).fillna("")
-    rms = table["rms_ratio"].to_numpy(dtype=np.float64)
     return _Stats(
         layers=table,
-        window=(start, last),
-        med_rms=_median_abs_dev(rms),
-        med_mean=_median_abs_dev(table["mean_ratio"].to_numpy(dtype=np.float64)),
-        med_norm=_median_abs_dev(table["norm_ratio"].to_numpy(dtype=np.float64)),
-        n_theory=int(np.isfinite(rms).sum()),
-        n_eq=int(table["in_equilibrium"].sum()),
-        n_layers=len(table),
+        window=e.window,
+        med_rms=e.median_abs_rms_dev,
+        med_mean=e.median_abs_mean_dev,
+        med_norm=e.median_abs_norm_dev,
+        n_theory=int(np.isfinite(e.rms_ratio).sum()),
+        n_eq=int(e.in_equilibrium.sum()),
+        n_layers=len(e.layers),
         test_accuracy=acc,
-        last_step=last,
-        records=int(np.count_nonzero(steps >= start)),
+        last_step=e.window[1],
+        records=e.records,
     )
 
 
-def _reason_warnings(run: fig.Run) -> list[tuple[str, str]]:
+def _reason_warnings(run: Run) -> list[tuple[str, str]]:
     """(severity, text) for every distinct ``reason`` the monitor recorded, most frequent first."""
     m = run.metrics
     if m is None:
         return []
-    r = m.loc[m["reason"] != "", ["reason", "param", "step"]]
-    if not len(r):
+    flagged = (m["reason"] != "").to_numpy()
+    if not flagged.any():
         return []
-    r = r.astype({"reason": str, "param": str})
+    r = m.loc[flagged, ["reason", "param", "step"]].astype({"reason": str, "param": str})
+    r["collapse"] = rundir.collapse_flags(m)[flagged]
+    r["nonfinite"] = rundir.nonfinite_flags(m)[flagged]
     g = r.groupby("reason", sort=False)
     out = []
     summary = g.agg(count=("step", "size"), first=("step", "min"), last=("step", "max"))
@@ -271,7 +240,9 @@ def _reason_warnings(run: fig.Run) -> list[tuple[str, str]]:
         shown = ", ".join(n.removesuffix(".weight") for n in names[:_MAX_LAYER_NAMES])
         if len(names) > _MAX_LAYER_NAMES:
             shown += f" and {len(names) - _MAX_LAYER_NAMES} more"
-        severity = "bad" if "collaps" in reason or "non-finite" in reason else "warn"
+        rows = r["reason"] == reason
+        severe = bool(r.loc[rows, "collapse"].any()) or bool(r.loc[rows, "nonfinite"].any())
+        severity = "bad" if severe else "warn"
         out.append(
             (
                 severity,
@@ -366,7 +337,7 @@ def _summary_html(summary: dict[str, Any]) -> str:
     return f'<p class="summary"><span class="muted">summary.json:</span> {items}</p>'
 
 
-def _run_card(run: fig.Run, style: fig.RunStyle, stats: _Stats) -> str:
+def _run_card(run: Run, style: fig.RunStyle, stats: _Stats) -> str:
     window = (
         f"last window: steps {stats.window[0]}–{stats.window[1]}" if stats.window else "no metrics recorded"
     )
@@ -385,7 +356,7 @@ def _run_card(run: fig.Run, style: fig.RunStyle, stats: _Stats) -> str:
     )
 
 
-def _overview_html(runs: list[fig.Run], styles: list[fig.RunStyle], stats: list[_Stats]) -> str:
+def _overview_html(runs: list[Run], styles: list[fig.RunStyle], stats: list[_Stats]) -> str:
     head = (
         "<tr><th>run</th><th>setting</th><th>last step</th><th>median |RMS Δ/Δ* − 1|</th>"
         "<th>median |mean Δ/Δ* − 1|</th><th>median |‖w‖/w* − 1|</th><th>layers in equilibrium</th>"
@@ -406,7 +377,7 @@ def _overview_html(runs: list[fig.Run], styles: list[fig.RunStyle], stats: list[
     return f'<table class="data overview"><thead>{head}</thead><tbody>{"".join(body)}</tbody></table>'
 
 
-def _layers_html(run: fig.Run, style: fig.RunStyle, stats: _Stats) -> str:
+def _layers_html(run: Run, style: fig.RunStyle, stats: _Stats) -> str:
     t = stats.layers
     if t is None or not len(t):
         return ""
@@ -527,7 +498,7 @@ _DEFINITIONS = (
 
 def _render(
     title: str,
-    runs: list[fig.Run],
+    runs: list[Run],
     styles: list[fig.RunStyle],
     stats: list[_Stats],
     figures: list[tuple[_Figure, Path]],
@@ -615,7 +586,7 @@ def write_report(
 
     Args:
         run_dirs: run directories (each with metrics and/or ``train.csv``, see
-            :func:`smdyn.experiments.figures.load_run`).
+            :func:`smdyn.experiments.rundir.load_run`).
         out: where to write; default the run directory itself for one run, else a new
             ``runs/report-<timestamp>/``.
         title: the page's title (default: the run names).
@@ -637,7 +608,7 @@ def write_report(
 
 def _write(
     run_dirs: Any, out: Any, title: Any, layer: Any, window: Any
-) -> tuple[Path, list[fig.Run], list[_Stats]]:
+) -> tuple[Path, list[Run], list[_Stats]]:
     if isinstance(run_dirs, (str, os.PathLike)) or not isinstance(run_dirs, Sequence):
         raise TypeError(f"run_dirs must be a sequence of run directories, got {type(run_dirs).__name__}")
     if not run_dirs:
@@ -671,7 +642,7 @@ def _write(
             continue
         kwargs = {"layer": layer} if takes_layer else {}
         try:
-            drawn.append((spec, fn(runs, fig_dir / spec.file, **kwargs)))
+            drawn.append((spec, fig.save_figure(fn(runs, **kwargs), fig_dir / spec.file)))
         except fig.NoDataError as exc:
             warnings_.append(("report", "warn", f"{spec.title}: not drawn ({exc})"))
     stats = [_stats(r, window) for r in runs]
@@ -679,9 +650,7 @@ def _write(
     default_title = " vs ".join(r.name for r in runs) if len(runs) <= 3 else f"Comparison of {len(runs)} runs"
     page = _render(title or default_title, runs, styles, stats, drawn, warnings_, note)
     target = out_dir / "report.html"
-    tmp = target.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_text(target, page)
     return target, runs, stats
 
 

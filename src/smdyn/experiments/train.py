@@ -3,7 +3,7 @@
 One run of the paper's experiments (Wan et al. 2021, Sec 4): a model, a data source, SGD(M)/Adam(W) with
 weight decay and a learning-rate schedule (the drops of Sec 4.2), optionally `smdyn.Rescaler` (Sec 4.2's
 k^(−¼) rescaling), and the monitor recording Δ_t, ‖w_t‖ and ‖g̃_t‖² of every scale-invariant weight. The run
-directory (DESIGN §5) holds:
+directory (docs/design.md §5) holds:
 
 - ``config.toml``: the complete configuration (`save_config`), enough to run it again.
 - ``metrics.csv``: the monitor's records (`smdyn.sinks.CSVSink`); ``step`` is the 0-based optimizer step.
@@ -14,9 +14,9 @@ directory (DESIGN §5) holds:
 - ``events.csv``: ``step, kind, group, lr_before, lr_after, factor``; ``kind`` is ``lr_change`` (a move of
   5% or more; ``factor`` = lr_after / lr_before, ``step`` the first step at the new rate) or ``rescale``
   (``factor`` the weights were multiplied by).
-- ``summary.json``: status, final test accuracy, wall time, steps/s and, per monitored layer over the last
-  monitor window, RMS Δ/Δ* (Thm 3), mean Δ/Δ*, ‖w‖/w* (Thm 1–2, as √(mean ‖w‖² / mean w*²)) and the fraction
-  of rows in equilibrium; the median over layers of |RMS Δ/Δ* − 1| and of |‖w‖/w* − 1|.
+- ``summary.json``: status, final test accuracy, wall time, steps/s and the equilibrium figures over the
+  last monitor window within the last learning-rate stage (`rundir.summary_figures`: per layer RMS Δ/Δ*
+  (Thm 3), mean Δ/Δ*, ‖w‖/w* (Thm 1–2) and the monitor's flag; medians over layers).
 - ``checkpoint.pt``: model, optimizer, scheduler, monitor and rescaler state, random-generator states and
   the step, written to a temporary file and renamed (never half-written); tensors and plain containers
   only, so it loads with ``torch.load(..., weights_only=True)``.
@@ -30,7 +30,6 @@ the checkpoint before rows are appended. A non-finite loss stops the run before 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import inspect
 import json
@@ -51,14 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smdyn.experiments import rundir
+from smdyn.experiments._io import atomic_write
 from smdyn.experiments.config import Config, load_config, save_config
+from smdyn.experiments.progress import TrainingProgress
 
 __all__ = ["EVENT_COLUMNS", "TRAIN_COLUMNS", "add_train_arguments", "train", "train_main"]
 
 #: Columns of ``train.csv``, in order.
-TRAIN_COLUMNS = ("step", "epoch", "lr", "loss", "accuracy", "test_loss", "test_accuracy")
+TRAIN_COLUMNS = rundir.TRAIN_COLUMNS
 #: Columns of ``events.csv``, in order.
-EVENT_COLUMNS = ("step", "kind", "group", "lr_before", "lr_after", "factor")
+EVENT_COLUMNS = rundir.EVENT_COLUMNS
 
 # Keys of [run] that may differ between a run and its resumption: they change neither batches nor updates.
 _RESUMABLE = ("steps", "eval_every", "log_every", "checkpoint_every", "threads", "device")
@@ -163,88 +165,6 @@ def _lr_factor(cfg: Config) -> Callable[[int], float]:
 # ---------------------------------------------------------------------------------------------- files
 
 
-class _TrainLog:
-    """``train.csv``: appended row by row and flushed at once, so a killed process keeps every row."""
-
-    def __init__(self, path: Path) -> None:
-        new = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._writer = csv.writer(self._file, lineterminator="\n")
-        if new:
-            self._writer.writerow(TRAIN_COLUMNS)
-            self._file.flush()
-
-    def write(self, row: Mapping[str, float]) -> None:
-        self._writer.writerow([_text(row[c]) for c in TRAIN_COLUMNS])
-        self._file.flush()
-
-    def sync(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self.sync()
-            self._file.close()
-
-
-def _text(v: Any) -> str:
-    return repr(float(v)) if isinstance(v, float) else str(v)
-
-
-def _truncate_csv(path: Path, column: str, limit: float) -> None:
-    """Cuts a CSV (rows in increasing ``column``) before its first row with ``column`` >= ``limit``.
-
-    Also drops an unfinished last line. Used on resume, so rows written after the checkpoint by the run
-    that was stopped are not duplicated.
-    """
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        header = f.readline()
-        if not header.endswith(b"\n"):
-            os.truncate(path, 0)
-            return
-        names = next(csv.reader([header.decode("utf-8")]))
-        if column not in names:
-            raise ValueError(f"{path} has no column {column!r}; its columns are {names}")
-        index = names.index(column)
-        offset = len(header)
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            fields = next(csv.reader([line.decode("utf-8")]))
-            if float(fields[index]) >= limit:
-                break
-            offset += len(line)
-    os.truncate(path, offset)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN and infinities become null: summary.json stays strict JSON."""
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def _to_tensors(obj: Any) -> Any:
     """numpy → torch inside a state dict, so ``torch.load(weights_only=True)`` accepts it."""
     if isinstance(obj, np.ndarray):
@@ -261,12 +181,7 @@ def _to_tensors(obj: Any) -> Any:
 
 
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 # ---------------------------------------------------------------------------------------------- tail
@@ -314,123 +229,17 @@ class _Tail:
         r = r[np.isfinite(r)]
         return float(r.mean()) if r.size else math.nan
 
-    def summary(self) -> dict[str, Any]:
-        """Per-layer equilibrium figures over the window (see the module docstring)."""
+    def summary(self, stage_start: int) -> dict[str, Any]:
+        """`rundir.summary_figures` over the window, never reaching back before ``stage_start``."""
         if not self.cols or not len(self.cols["step"]):
             return {"layers": {}}
         c = self.cols
         last = c["step"] == c["step"].max()
-        layers: dict[str, dict[str, Any]] = {}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratio = c["angular_update"] / c["theory_angular_update"]
-            for name in dict.fromkeys(c["param"].tolist()):
-                mine = c["param"] == name
-                r = ratio[mine & np.isfinite(ratio)]
-                ok = mine & np.isfinite(c["theory_weight_norm"]) & (c["theory_weight_norm"] > 0)
-                w, w_star = c["weight_norm"][ok], c["theory_weight_norm"][ok]
-                reasons = [str(x) for x in c["reason"][mine & last] if str(x)]
-                layers[str(name)] = {
-                    "angular_update_rms_ratio": float(np.sqrt(np.mean(r**2))) if r.size else math.nan,
-                    "angular_update_mean_ratio": float(np.mean(r)) if r.size else math.nan,
-                    "weight_norm_ratio": float(np.sqrt(np.mean(w**2) / np.mean(w_star**2)))
-                    if w.size
-                    else math.nan,
-                    "in_equilibrium": float(np.mean(c["in_equilibrium"][mine & last].astype(bool))),
-                    "theory_angular_update": float(c["theory_angular_update"][mine & last][-1]),
-                    "reason": reasons[0] if reasons else "",
-                }
-        rms = np.array([v["angular_update_rms_ratio"] for v in layers.values()])
-        mean = np.array([v["angular_update_mean_ratio"] for v in layers.values()])
-        norm = np.array([v["weight_norm_ratio"] for v in layers.values()])
-        eq = c["in_equilibrium"][last].astype(bool)
-
-        def median_dev(x: np.ndarray) -> float:
-            x = x[np.isfinite(x)]
-            return float(np.median(np.abs(x - 1))) if x.size else math.nan
-
-        return {
-            "window_steps": len(np.unique(c["step"])),
-            "median_angular_update_rms_deviation": median_dev(rms),
-            "median_weight_norm_deviation": median_dev(norm),
-            "mean_angular_update_rms_ratio": float(np.mean(rms[np.isfinite(rms)]))
-            if np.isfinite(rms).any()
-            else math.nan,
-            "mean_angular_update_mean_ratio": float(np.mean(mean[np.isfinite(mean)]))
-            if np.isfinite(mean).any()
-            else math.nan,
-            "fraction_in_equilibrium": float(eq.mean()) if eq.size else math.nan,
-            "layers": layers,
-        }
-
-
-# ---------------------------------------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A rich progress bar (loss, accuracy, mean Δ/Δ* over layers, ETA) on a terminal; plain lines at every
-    tenth of the run otherwise; nothing when quiet."""
-
-    def __init__(self, name: str, total: int, start: int, *, quiet: bool) -> None:
-        self.total, self.quiet = total, quiet
-        self._bar: Any = None
-        self._next_line = start + max(total // 10, 1)
-        self._t0 = time.perf_counter()
-        self._start = start
-        if quiet or not sys.stdout.isatty():
-            return
-        try:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-        except ImportError:  # pragma: no cover - depends on the environment
-            return
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  Δ/Δ* {task.fields[ratio]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self._task = self._bar.add_task(name, total=total, completed=start, loss="-", acc="-", ratio="-")
-        self._bar.start()
-
-    def update(self, step: int, loss: float, acc: float, ratio: float) -> None:
-        def fmt(x: float, spec: str) -> str:
-            return format(x, spec) if math.isfinite(x) else "-"
-
-        if self._bar is not None:
-            self._bar.update(
-                self._task,
-                completed=step,
-                loss=fmt(loss, ".4f"),
-                acc=fmt(acc, ".3f"),
-                ratio=fmt(ratio, ".3f"),
-            )
-        elif not self.quiet and (step >= self._next_line or step == self.total):
-            self._next_line = step + max(self.total // 10, 1)
-            rate = (step - self._start) / max(time.perf_counter() - self._t0, 1e-9)
-            eta = (self.total - step) / rate if rate > 0 else math.nan
-            print(
-                f"step {step:>7}/{self.total}  loss {fmt(loss, '.4f')}  acc {fmt(acc, '.3f')}  "
-                f"Δ/Δ* {fmt(ratio, '.3f')}  {rate:6.1f} steps/s  ETA {fmt(eta, '.0f')} s",
-                flush=True,
-            )
-
-    def advance(self, step: int) -> None:
-        """Moves the bar only (between rows, where there is nothing new to show)."""
-        if self._bar is not None:
-            self._bar.update(self._task, completed=step)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = None
+        reasons: dict[str, str] = {}
+        for name, reason in zip(c["param"][last].tolist(), c["reason"][last].tolist(), strict=True):
+            if str(reason) and not reasons.get(str(name)):
+                reasons[str(name)] = str(reason)
+        return rundir.summary_figures(rundir.records_equilibrium(c, self.window, stage_start), reasons)
 
 
 # ---------------------------------------------------------------------------------------------- Ctrl-C
@@ -488,20 +297,44 @@ def _check_resumable(saved: Config, cfg: Config, where: Path) -> None:
         )
 
 
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint to resume from, or a ValueError naming it when it cannot be read.
+
+    ``torch.load`` says a truncated or foreign file is bad in many ways (EOFError, RuntimeError from the zip
+    reader, OSError, UnpicklingError); they all become one message. A FIFO is refused before it can block.
+    """
+    if not path.is_file():
+        raise ValueError(f"cannot resume: {path} is not a regular file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # only the reading of this one file is guarded
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else "unexpected end of file"
+        why = why if len(why) <= 120 else why[:117] + "..."
+        raise ValueError(
+            f"cannot resume: {path} is not a readable checkpoint (truncated or corrupt?): "
+            f"{type(exc).__name__}: {why}"
+        ) from None
+    keys = ("step", "model", "optimizer", "scheduler", "monitor", "rescaler", "generator", "torch_rng")
+    missing = [k for k in keys if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"cannot resume: {path} is not a training checkpoint (no {', '.join(missing)})")
+    return ckpt
+
+
 class _Run:
     """One training run: everything `train` builds, the loop, and the files it writes."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, source: Any, quiet: bool) -> None:
         self.cfg, self.dir, self.quiet = cfg, run_dir, quiet
-        self.ckpt_path = run_dir / "checkpoint.pt"
+        self.ckpt_path = run_dir / rundir.CHECKPOINT
         ckpt = None
         if resume:
             if not self.ckpt_path.exists():
                 raise FileNotFoundError(f"cannot resume: {self.ckpt_path} does not exist")
-            if (run_dir / "config.toml").exists():
-                _check_resumable(load_config(run_dir / "config.toml"), cfg, run_dir)
-            ckpt = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        elif any((run_dir / n).exists() for n in ("checkpoint.pt", "train.csv", "metrics.csv")):
+            if (run_dir / rundir.CONFIG).exists():
+                _check_resumable(load_config(run_dir / rundir.CONFIG), cfg, run_dir)
+            ckpt = _load_checkpoint(self.ckpt_path)
+        elif any((run_dir / n).exists() for n in (rundir.CHECKPOINT, rundir.TRAIN, rundir.METRICS_CSV)):
             raise FileExistsError(
                 f"{run_dir} already holds a run; resume it (--resume) or choose another directory (--out)"
             )
@@ -519,7 +352,7 @@ class _Run:
         example = x_test[: min(32, len(x_test))].to(self.device)
         # Written once the data and model are known to load, so a bad path leaves no half-made run behind.
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.toml", header=f"smdyn run {cfg.run.name!r}")
+        save_config(cfg, run_dir / rundir.CONFIG, header=f"smdyn run {cfg.run.name!r}")
 
         self.rescaler = None
         if cfg.rescale.enabled:
@@ -536,8 +369,8 @@ class _Run:
         from smdyn.sinks import CSVSink
 
         if ckpt is not None:  # rows written after the checkpoint by the stopped run would repeat
-            _truncate_csv(run_dir / "metrics.csv", "step", float(ckpt["monitor"]["step"]))
-            _truncate_csv(run_dir / "train.csv", "step", float(ckpt["step"]) + 0.5)
+            rundir.truncate_csv(run_dir / rundir.METRICS_CSV, "step", float(ckpt["monitor"]["step"]))
+            rundir.truncate_csv(run_dir / rundir.TRAIN, "step", float(ckpt["step"]) + 0.5)
         m = cfg.monitor
         self.tail = _Tail(m.window)
         self.monitor = SphericalMonitor(
@@ -545,7 +378,7 @@ class _Run:
             self.optimizer,
             self._params(),
             every=m.every,
-            sinks=[CSVSink(run_dir / "metrics.csv"), self.tail],
+            sinks=[CSVSink(run_dir / rundir.METRICS_CSV), self.tail],
             flush_every=m.flush_every,
             granularity=m.granularity,  # type: ignore[arg-type]
             window=m.window,
@@ -561,7 +394,7 @@ class _Run:
         self.lr_used = float(self.optimizer.param_groups[0]["lr"])
         if ckpt is not None:
             self._load(ckpt)
-        self.log = _TrainLog(run_dir / "train.csv")
+        self.log = rundir.TrainLog(run_dir / rundir.TRAIN)
 
     def _params(self) -> Any:
         p = self.cfg.monitor.params
@@ -683,9 +516,7 @@ class _Run:
         return rows
 
     def _write_events(self) -> None:
-        lines = [",".join(EVENT_COLUMNS)]
-        lines += [",".join(_text(r[c]) for c in EVENT_COLUMNS) for r in self._events()]
-        _write_atomic(self.dir / "events.csv", "\n".join(lines) + "\n")
+        rundir.write_events(self.dir, self._events())
 
     def _summary(self, status: str, steps_this_run: int, loop_time: float, note: str = "") -> dict[str, Any]:
         out = {
@@ -704,8 +535,9 @@ class _Run:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
         }
-        out.update(self.tail.summary())
-        _write_atomic(self.dir / "summary.json", json.dumps(_json_safe(out), indent=2) + "\n")
+        changes = [int(e["step"]) for e in self.monitor.events]
+        out.update(self.tail.summary(int(rundir.stage_starts(changes)[-1])))
+        rundir.write_summary(self.dir, out)
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -715,7 +547,7 @@ class _Run:
         total, start = cfg.run.steps, self.step
         if start > total:
             raise ValueError(f"the checkpoint is at step {start}, beyond run.steps = {total}")
-        progress = _Progress(cfg.run.name, total, start, quiet=self.quiet)
+        progress = TrainingProgress(cfg.run.name, total, start, quiet=self.quiet)
         t_start = t0 = time.perf_counter()
         gen_state, drawn = self.generator.get_state(), False
         status, note = "completed", ""
@@ -778,7 +610,7 @@ class _Run:
             self._checkpoint(self.generator.get_state())
         return self._finish(status, start, time.perf_counter() - t_start, note)
 
-    def _after_step(self, progress: _Progress) -> None:
+    def _after_step(self, progress: TrainingProgress) -> None:
         cfg, step = self.cfg, self.step
         evaluate = step == cfg.run.steps or bool(cfg.run.eval_every and step % cfg.run.eval_every == 0)
         if evaluate or step % cfg.run.log_every == 0:
@@ -889,7 +721,7 @@ def train_main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"smdyn train: {exc}", file=sys.stderr)
         return 2
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     if not args.quiet:
         _print_summary(summary)
         print(f"wrote {run_dir}")

@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from smdyn.integrations._callbacks import close_quietly, guarded, idle_warning, monitor_arguments
 from smdyn.integrations._metrics import compact_metrics
 from smdyn.monitor import SphericalMonitor
 
@@ -100,46 +101,33 @@ class SphericalMonitorCallback(TrainerCallback):
     Distributed: every rank must run the callback (flushes of sharded parameters are collective); only
     rank 0 writes sinks and checkpoint files, and only rank 0's logs carry the values.
 
+    Never aborts training: bad arguments raise when the callback is made (the monitor checks them); after
+    that, a hook that fails — no scale-invariant weight to monitor, a model or optimizer the monitor cannot
+    handle — gives one ``RuntimeWarning`` and the callback stays idle until the next ``train()``.
+
     Args:
-        params, every, sinks, flush_every, granularity, window, tol, keep_history, example_batch, loss_fn:
-            passed to :class:`~smdyn.SphericalMonitor` (see there). ``sinks`` are closed at train end.
-            ``keep_history=True`` keeps every record in memory (about 150 bytes per weight and step);
-            turn it off for long runs and keep the records in a sink.
+        params: ``"auto"``, names or ``(name, parameter)`` pairs (see :class:`~smdyn.SphericalMonitor`).
+        monitor_kwargs: keyword arguments of :class:`~smdyn.SphericalMonitor` (``every``, ``sinks``,
+            ``flush_every``, ``granularity``, ``window``, ``tol``, ``history_rows``, ``example_batch``,
+            ``loss_fn``, ...), as a mapping; or as keywords: ``SphericalMonitorCallback(window=50)``.
+            ``sinks`` are closed at train end. The monitor keeps a bounded history in memory; give it a
+            sink (:mod:`smdyn.sinks`) to keep every record of a long run.
     """
 
     def __init__(
         self,
         params: str | Iterable[Any] = "auto",
         *,
-        every: int | Callable[[int], bool] = 1,
-        sinks: Iterable[Any] = (),
-        flush_every: int = 100,
-        granularity: Literal["tensor", "channel"] = "tensor",
-        window: int = 200,
-        tol: float = 0.1,
-        keep_history: bool = True,
-        example_batch: Any = None,
-        loss_fn: Callable[..., torch.Tensor] | None = None,
+        monitor_kwargs: Mapping[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
-        if not isinstance(params, str):
-            params = list(params)  # a generator must survive until train begins
+        self._params, self._kwargs = monitor_arguments(params, monitor_kwargs, kwargs)
         self.monitor: SphericalMonitor | None = None
-        self._kwargs: dict[str, Any] = {
-            "every": every,
-            "sinks": list(sinks),
-            "flush_every": flush_every,
-            "granularity": granularity,
-            "window": window,
-            "tol": tol,
-            "keep_history": keep_history,
-            "example_batch": example_batch,
-            "loss_fn": loss_fn,
-        }
-        self._params = params
         self._reported_step = -1
         self._step_before = -1
         self._warned_skip = False
         self._open = False  # a monitor is attached to the optimizer
+        self._idle = False  # a hook failed: nothing more is done until the next train()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -147,15 +135,22 @@ class SphericalMonitorCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Build the monitor on the Trainer's model and optimizer; restore its state when resuming."""
-        if self.monitor is not None:
-            self.monitor.close()
-            self.monitor = None
+        close_quietly([self.monitor])
+        self.monitor = None
         self._open = False
+        self._idle = False  # a new run gets a new chance
         self._reported_step = -1
         self._warned_skip = False
+        self._on_train_begin(args, state, kwargs)
+
+    @guarded()
+    def _on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, kwargs: Mapping[str, Any]
+    ) -> None:
         if kwargs.get("optimizer") is not None:
             self._start(args, state, kwargs)
 
+    @guarded()
     def on_pre_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -164,6 +159,7 @@ class SphericalMonitorCallback(TrainerCallback):
             self._start(args, state, kwargs)
         self._step_before = self.monitor.step if self.monitor is not None else -1
 
+    @guarded()
     def on_optimizer_step(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -185,6 +181,7 @@ class SphericalMonitorCallback(TrainerCallback):
             stacklevel=2,
         )
 
+    @guarded()
     def on_log(
         self,
         args: TrainingArguments,
@@ -208,6 +205,7 @@ class SphericalMonitorCallback(TrainerCallback):
         if history and history[-1].get("step") == state.global_step:
             history[-1].update(metrics)  # the Trainer copied logs into its history before calling us
 
+    @guarded()
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
@@ -225,15 +223,28 @@ class SphericalMonitorCallback(TrainerCallback):
                 stacklevel=2,
             )
             return
-        torch.save(payload, os.path.join(folder, _STATE_FILE))
+        try:
+            torch.save(payload, os.path.join(folder, _STATE_FILE))
+        except OSError as exc:  # a full disk loses this state file, not the monitor
+            warnings.warn(f"smdyn: monitor state not saved in {folder}: {exc}", RuntimeWarning, stacklevel=2)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Flush the last records, remove the optimizer hooks and close the sinks."""
-        if self.monitor is not None:
-            self.monitor.close()
+        if not self._idle and self.monitor is not None:
+            try:
+                self.monitor.close()
+            except Exception as exc:
+                self._go_idle("on_train_end", exc)
         self._open = False
+
+    def _go_idle(self, hook: str, exc: BaseException) -> None:
+        """One warning, then nothing more this run; the monitor is closed (its hooks removed)."""
+        self._idle = True
+        self._open = False
+        close_quietly([self.monitor])
+        idle_warning("SphericalMonitorCallback", hook, exc, "monitoring")
 
     # ------------------------------------------------------------------ internals
 

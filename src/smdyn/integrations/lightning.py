@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-import torch
+from smdyn.integrations._callbacks import close_quietly, guarded, idle_warning
 
 __all__ = ["RescalerCallback", "SphericalMonitorCallback"]  # noqa: F822 (built on first access, by __getattr__)
 
@@ -52,7 +52,7 @@ def _raw(optimizer: Any) -> Any:
 
 
 def _build_rescaler_callback(pl: Any) -> type:
-    from smdyn.rescale import Rescaler
+    from smdyn.rescale import Rescaler, check_settings
 
     class RescalerCallback(pl.Callback):
         """Rescale scale-invariant weights at learning-rate changes (Sec 4.2) in a Lightning run.
@@ -62,6 +62,11 @@ def _build_rescaler_callback(pl: Any) -> type:
         restored one) with ``model=pl_module``, and driven from ``on_before_optimizer_step``. Its state is
         saved in and restored from Lightning checkpoints, so a resumed run sees a drop at the first step
         after the resume too.
+
+        Never aborts ``fit``: bad settings raise when the callback is made; after that, a hook that fails
+        (nothing to rescale in the module, a checkpoint state for other optimizers) gives one
+        ``RuntimeWarning`` and the callback stays idle until the next ``fit``. The Rescaler itself never
+        raises inside the optimizer step either.
 
         Args:
             params: ``"auto"`` or names resolved against the LightningModule (see :class:`smdyn.Rescaler`).
@@ -73,12 +78,23 @@ def _build_rescaler_callback(pl: Any) -> type:
             super().__init__()
             if "hook" in kwargs:
                 raise TypeError("RescalerCallback drives the Rescaler itself; do not pass hook")
-            self.params = params
+            check_settings(**kwargs)
+            self.params = params if isinstance(params, str) else list(params)
             self.kwargs = kwargs
             self.rescalers: list[Rescaler] = []
             self._pending: list[dict[str, Any]] | None = None
+            self._idle = False
+
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            """A new fit gets a new chance (before Lightning restores a checkpoint into the callback)."""
+            if stage == "fit":
+                self._idle = False
 
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self._on_train_start(trainer, pl_module)
+
+        @guarded()
+        def _on_train_start(self, trainer: Any, pl_module: Any) -> None:
             self.rescalers = [
                 Rescaler(_raw(opt), self.params, pl_module, hook=False, **self.kwargs)
                 for opt in trainer.optimizers
@@ -86,6 +102,7 @@ def _build_rescaler_callback(pl: Any) -> type:
             if self._pending is not None:
                 self._load(self._pending)
 
+        @guarded()
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             raw = _raw(optimizer)
             for r in self.rescalers:
@@ -93,17 +110,21 @@ def _build_rescaler_callback(pl: Any) -> type:
                     r.before_step()
 
         def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
-            for r in self.rescalers:
-                r.close()
+            close_quietly(self.rescalers)
 
+        @guarded(default=dict)
         def state_dict(self) -> dict[str, Any]:
             return {"rescalers": [r.state_dict() for r in self.rescalers]}
 
+        @guarded()
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            states = state_dict.get("rescalers")
+            if states is None:  # saved by a callback that had gone idle: nothing to restore
+                return
             if self.rescalers:
-                self._load(state_dict["rescalers"])
+                self._load(states)
             else:  # checkpoint restored before training starts: apply at on_train_start
-                self._pending = state_dict["rescalers"]
+                self._pending = states
 
         def _load(self, states: list[dict[str, Any]]) -> None:
             if len(states) != len(self.rescalers):
@@ -114,6 +135,11 @@ def _build_rescaler_callback(pl: Any) -> type:
             for r, s in zip(self.rescalers, states, strict=True):
                 r.load_state_dict(s)
             self._pending = None
+
+        def _go_idle(self, hook: str, exc: BaseException) -> None:
+            self._idle = True
+            close_quietly(self.rescalers)
+            idle_warning("RescalerCallback", hook, exc, "rescaling")
 
     RescalerCallback.__module__ = __name__
     RescalerCallback.__qualname__ = "RescalerCallback"  # Lightning keys checkpoint state by it
@@ -126,6 +152,7 @@ def _build_rescaler_callback(pl: Any) -> type:
 
 
 def _build_monitor_callback(pl: Any) -> type:
+    from smdyn.integrations._callbacks import monitor_arguments
     from smdyn.integrations._metrics import compact_metrics
     from smdyn.monitor import SphericalMonitor
 
@@ -181,45 +208,31 @@ def _build_monitor_callback(pl: Any) -> type:
         monitored: with several, pass ``params`` that belong to it. Under DDP/FSDP every rank runs the
         callback (flushes of sharded parameters are collective); the loggers write on rank 0 only.
 
+        Never aborts ``fit``: bad arguments raise when the callback is made (the monitor checks them);
+        after that, a hook that fails — nothing to monitor, no optimizer, a model or optimizer the monitor
+        cannot handle — gives one ``RuntimeWarning`` and the callback stays idle until the next ``fit``.
+
         Args:
-            params, every, sinks, flush_every, granularity, window, tol, keep_history, example_batch, loss_fn:
-                passed to :class:`smdyn.SphericalMonitor` (``params`` names resolve against the
-                LightningModule). Bad values raise there, when training starts. ``sinks`` are closed when
-                ``fit`` ends.
+            params: ``"auto"``, names resolved against the LightningModule, or ``(name, parameter)`` pairs.
+            monitor_kwargs: keyword arguments of :class:`smdyn.SphericalMonitor` (``every``, ``sinks``,
+                ``flush_every``, ``granularity``, ``window``, ``tol``, ``history_rows``, ``example_batch``,
+                ``loss_fn``, ...), as a mapping; or as keywords: ``SphericalMonitorCallback(window=50)``.
+                ``sinks`` are closed when ``fit`` ends.
         """
 
         def __init__(
             self,
             params: str | Iterable[Any] = "auto",
             *,
-            every: int | Callable[[int], bool] = 1,
-            sinks: Iterable[Any] = (),
-            flush_every: int = 100,
-            granularity: Literal["tensor", "channel"] = "tensor",
-            window: int = 200,
-            tol: float = 0.1,
-            keep_history: bool = True,
-            example_batch: Any = None,
-            loss_fn: Callable[..., torch.Tensor] | None = None,
+            monitor_kwargs: Mapping[str, Any] | None = None,
+            **kwargs: Any,
         ) -> None:
             super().__init__()
-            if not isinstance(params, str):
-                params = list(params)  # a generator must survive until training starts
             self.monitor: SphericalMonitor | None = None
-            self._params = params
-            self._kwargs: dict[str, Any] = {
-                "every": every,
-                "sinks": list(sinks),
-                "flush_every": flush_every,
-                "granularity": granularity,
-                "window": window,
-                "tol": tol,
-                "keep_history": keep_history,
-                "example_batch": example_batch,
-                "loss_fn": loss_fn,
-            }
+            self._params, self._kwargs = monitor_arguments(params, monitor_kwargs, kwargs)
             self._pending: dict[str, Any] | None = None  # state loaded before the monitor exists
             self._open = False  # a monitor is attached to the optimizer
+            self._idle = False  # a hook failed: nothing more is done until the next fit
             self._tags: dict[str, str] = {}
             self._global_step = -1
             self._step_before: int | None = None
@@ -227,9 +240,18 @@ def _build_monitor_callback(pl: Any) -> type:
 
         # -------------------------------------------------------------- life cycle
 
+        def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+            """A new fit gets a new chance (before Lightning restores a checkpoint into the callback)."""
+            if stage == "fit":
+                self._idle = False
+
         def on_train_start(self, trainer: Any, pl_module: Any) -> None:
             """Attach the monitor to the (restored) first optimizer; restore its state when resuming."""
             self._close()
+            self._on_train_start(trainer, pl_module)
+
+        @guarded()
+        def _on_train_start(self, trainer: Any, pl_module: Any) -> None:
             if not trainer.optimizers:
                 raise ValueError("SphericalMonitorCallback: the LightningModule configured no optimizer")
             optimizer = _raw(trainer.optimizers[0])
@@ -254,11 +276,13 @@ def _build_monitor_callback(pl: Any) -> type:
                     "SphericalMonitorCallback state; the Δ and L windows start empty"
                 )
 
+        @guarded()
         def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
             """Note the monitor's step count: a step that never reaches the optimizer leaves it unchanged."""
             if self._open and _raw(optimizer) is self.monitor.optimizer:
                 self._step_before = self.monitor.step
 
+        @guarded()
         def on_train_batch_end(
             self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
         ) -> None:
@@ -291,12 +315,14 @@ def _build_monitor_callback(pl: Any) -> type:
 
         # -------------------------------------------------------------- checkpoints
 
+        @guarded(default=dict)
         def state_dict(self) -> dict[str, Any]:
             """The monitor's state as tensors and plain numbers (Lightning saves it in its checkpoints)."""
             if self.monitor is None or not self.monitor.units:
                 return {} if self._pending is None else {"monitor": self._pending}
             return {"monitor": self.monitor.state_dict()}
 
+        @guarded()
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             """Keep the state for ``on_train_start``: Lightning restores callbacks before training starts."""
             state = state_dict.get("monitor")
@@ -340,9 +366,19 @@ def _build_monitor_callback(pl: Any) -> type:
             )
 
         def _close(self) -> None:
-            if self.monitor is not None:
-                self.monitor.close()
+            if self.monitor is not None and not self._idle:
+                try:
+                    self.monitor.close()
+                except Exception as exc:  # fit is ending: say so, do not raise
+                    self._go_idle("close", exc)
             self._open = False
+
+        def _go_idle(self, hook: str, exc: BaseException) -> None:
+            """One warning, then nothing more this fit; the monitor is closed (its hooks removed)."""
+            self._idle = True
+            self._open = False
+            close_quietly([self.monitor])
+            idle_warning("SphericalMonitorCallback", hook, exc, "monitoring")
 
     SphericalMonitorCallback.__module__ = __name__
     # Lightning keys checkpoint state by the qualified name
