@@ -275,13 +275,16 @@ def _check_row(row: dict[str, Any], before: np.ndarray, after: np.ndarray, grad:
 
 
 def _theory(opt_name: str, lr: float, wd: float) -> float:
-    """Closed forms, written here: Wan et al. Thm 3 for plain SGD(M), Kosson et al. for AdamW."""
+    """Closed forms, written here: Wan et al. Thm 3 for SGD(M), Kosson et al. for AdamW, and Nesterov's
+    Δ*² = 2λη(1 + 2α − 2α³)/(1 + α) (derived in smdyn.theory, checked against torch in test_rules)."""
     if not (lr > 0 and wd > 0):
         return math.nan
     if opt_name in ("sgd",):
         return math.sqrt(2 * lr * wd)
     if opt_name in ("sgdm", "sgdm_foreach", "sgdm_fused"):
         return math.sqrt(2 * lr * wd / 1.9)
+    if opt_name == "nesterov":
+        return math.sqrt(2 * lr * wd * (1 + 1.8 - 2 * 0.729) / 1.9)
     if opt_name.startswith("adamw"):
         return math.sqrt(2 * lr * wd * 0.1 / 1.9)
     return math.nan

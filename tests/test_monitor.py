@@ -72,6 +72,8 @@ def _optimizer(kind: str, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=0.1, momentum=0.7, dampening=0.3, weight_decay=1e-4)
     if kind == "adamw":
         return torch.optim.AdamW(groups, lr=1e-2, weight_decay=1e-2)
+    if kind == "adam_l2":
+        return torch.optim.Adam(groups, lr=1e-2, weight_decay=1e-2)
     raise AssertionError(kind)
 
 
@@ -131,7 +133,7 @@ def test_records_match_brute_force_float64(kind: str) -> None:
 
 def test_theory_only_for_rules_that_have_one() -> None:
     torch.manual_seed(0)
-    for kind, has_theory in (("sgdm", True), ("nesterov", False), ("adamw", True)):
+    for kind, has_theory in (("sgdm", True), ("nesterov", True), ("adam_l2", False), ("adamw", True)):
         model = _Net()
         opt = _optimizer(kind, model)
         with SphericalMonitor(model, opt, params=["conv.weight"]) as mon:
@@ -143,8 +145,11 @@ def test_theory_only_for_rules_that_have_one() -> None:
         assert np.isfinite(h["theory_angular_update"]).all() == has_theory, kind
         if kind == "sgdm":
             assert h["theory_angular_update"][0] == pytest.approx(math.sqrt(2 * 0.2 * 1e-3 / 1.9), rel=1e-12)
+        if kind == "nesterov":  # Δ*² = 2λη(1 + 2α − 2α³)/(1 + α), α = 0.8 (derived in smdyn.theory)
+            want = math.sqrt(2 * 0.2 * 1e-3 * (1 + 1.6 - 2 * 0.512) / 1.8)
+            assert h["theory_angular_update"][0] == pytest.approx(want, rel=1e-12)
         if not has_theory:
-            assert all("Nesterov" in r for r in h["reason"])
+            assert all("L2 weight decay" in r for r in h["reason"])
 
 
 def test_per_channel_rows_match_brute_force() -> None:

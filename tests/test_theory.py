@@ -196,7 +196,7 @@ def test_equilibrium_matches_vector_simulation(
     )
     assert sim["rms"] == pytest.approx(delta_star, rel=0.02)
     assert sim["norm"] == pytest.approx(w_star, rel=0.015)
-    if cv:  # Δ* is an RMS value: with a varying ‖g̃‖² the mean is visibly lower (DESIGN.md §1).
+    if cv:  # Δ* is an RMS value: with a varying ‖g̃‖² the mean is visibly lower (docs/design.md §1).
         assert sim["mean"] < 0.995 * sim["rms"]
 
 

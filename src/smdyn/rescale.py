@@ -95,6 +95,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from smdyn import geometry
+from smdyn._params import parse_params
 from smdyn._rescale_rule import LrRule as _LrRule
 from smdyn._rescale_rule import check_rule_args as _check_rule_args
 from smdyn.rules import rule_for
@@ -248,27 +249,8 @@ def _resolve(
             )
         return units
 
-    items = list(params) if isinstance(params, Iterable) else None
-    if not items:
-        raise ValueError("params must be 'auto' or a non-empty iterable of names or (name, parameter) pairs")
-    given: list[tuple[str, list[nn.Parameter]]] = []
-    for item in items:
-        if isinstance(item, str):
-            if model is None:
-                raise ValueError(f"params: the name {item!r} needs model to be resolved")
-            missing = [n for n in item.split("+") if n not in named]
-            if missing:
-                raise ValueError(f"params: {missing[0]!r} is not a parameter of the model")
-            given.append((item, [named[n] for n in item.split("+")]))
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
-            if model is not None and id(item[1]) not in name_of:
-                raise ValueError(f"params: parameter {item[0]!r} does not belong to the model")
-            given.append((str(item[0]), [item[1]]))
-        else:
-            raise TypeError(f"params: expected a name or a (name, parameter) pair, got {item!r}")
+    given = parse_params(params, model)
     ids = [id(t) for _, ts in given for t in ts]
-    if len(set(ids)) != len(ids):
-        raise ValueError("params: a parameter is listed twice")
 
     if model is None:
         if not force:

@@ -55,6 +55,8 @@ class Rule:
     buffer: str | None = None
     coefficients: Callable[[Mapping[str, Any], bool], Coefficients] | None = None
     norm_exponent: float = math.nan
+    dampening: float = 0.0  # torch.optim.SGD's τ (the sgd family only)
+    nesterov: bool = False  # torch.optim.SGD's Nesterov momentum (the sgd family only)
 
     def hparams(self, group: Mapping[str, Any]) -> tuple[float, float, float]:
         """(lr, weight decay, momentum or β₁) of a param group, as floats (NaN where unreadable)."""
@@ -72,13 +74,18 @@ class Rule:
         """Equilibrium Δ* (valid arguments only: lr > 0, wd > 0, 0 ≤ mom < 1)."""
         if self.family == "adamw":
             return theory.adamw_angular_update(lr, wd, mom)
-        return theory.angular_update(lr, wd, mom)
+        return theory.sgd_angular_update(lr, wd, mom, self.dampening, self.nesterov)
+
+    def weight_norm(self, L: Any, lr: Any, wd: Any, mom: Any) -> Any:
+        """Equilibrium norm w* from the unit-gradient estimate L (the sgd family; valid arguments only)."""
+        return theory.sgd_weight_norm(L, lr, wd, mom, self.dampening, self.nesterov)
 
     def relaxation_steps(self, lr: Any, wd: Any, mom: Any) -> Any:
-        """Steps for the norm to relax toward equilibrium: (1−α)/(2λη) (Eq 12) or 1/(2λη) for AdamW."""
+        """Steps for the norm to relax: 1/(2ληC), which is (1−α)/(2λη) for SGDM (Eq 12); 1/(2λη) for AdamW."""
         if self.family == "adamw":
             return 1.0 / (2.0 * lr * wd)
-        return (1.0 - mom) / (2.0 * lr * wd)
+        c_sum, _ = theory.sgd_filter_sums(mom, self.dampening, self.nesterov)
+        return 1.0 / (2.0 * lr * wd * c_sum)
 
 
 def _float(x: Any) -> float:
@@ -109,20 +116,22 @@ def _sgd_coefficients(group: Mapping[str, Any], has_buffer: bool) -> Coefficient
 
 def _sgd(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:
     nesterov, damp = bool(group.get("nesterov", False)), _float(group.get("dampening", 0.0))
-    plain = not nesterov and damp == 0 and not group.get("maximize", False)
+    if _float(group.get("momentum", 0.0)) == 0:  # no buffer: torch ignores dampening (and refuses Nesterov)
+        nesterov, damp = False, 0.0
+    theory_ok = not group.get("maximize", False) and 0 <= damp <= 1
     # The fused and differentiable paths do the same math, not bit for bit: measure them from snapshots.
     known = not group.get("differentiable", False) and not group.get("fused", False)
-    note = (
-        "" if plain else "SGD with Nesterov, dampening or maximize: no equilibrium theory is derived for it"
-    )
+    note = "" if theory_ok else "SGD with maximize=True or a dampening outside [0, 1]: no equilibrium theory"
     return Rule(
         "sgd_nesterov" if nesterov else "sgd",
         "sgd",
-        theory=plain,
+        theory=theory_ok,
         note=note,
         buffer="momentum_buffer",
         coefficients=_sgd_coefficients if known else None,
         norm_exponent=NORM_EXPONENT,
+        dampening=damp if 0 <= damp <= 1 else 0.0,
+        nesterov=nesterov,
     )
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smdyn.experiments._io import atomic_write_json, atomic_write_text, load_toml
+from smdyn.monitor.columns import COLLAPSE, COLUMNS, HPARAMS, THEORY
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -82,27 +83,26 @@ TRAIN_COLUMNS = ("step", "epoch", "lr", "loss", "accuracy", "test_loss", "test_a
 #: Columns of ``events.csv``, in order.
 EVENT_COLUMNS = ("step", "kind", "group", "lr_before", "lr_after", "factor")
 
-# Metric columns a figure, the report or a claim reads (the monitor's columns minus those nothing reads).
+# The numeric columns of the monitor's records that a figure, the report or a claim reads (a selection,
+# checked against the monitor's own column list when this module is imported).
 _FLOAT_COLUMNS = (
-    "lr",
-    "wd",
-    "momentum",
+    *HPARAMS,
     "weight_norm",
     "unit_grad_sq",
     "h_tilde",
     "angular_update",
     "angular_update_rms",
     "angular_update_mean",
-    "theory_angular_update",
-    "theory_weight_norm",
+    *THEORY,
 )
+assert set(_FLOAT_COLUMNS) <= set(COLUMNS), "rundir reads a column the monitor does not write"
 _TEXT_COLUMNS = ("param", "reason", "reason_code")
 _NA = ["nan", "NaN", "-nan", ""]
 _MAX_STAGES = 12  # more LR changes than this is a continuous schedule: one stage
 _EVENT_TOL = 0.05  # an LR move of 5% since the last change starts a new stage (as the monitor logs it)
 _DEFAULT_WINDOW = 200  # the monitor's default window (the paper's Fig 3 averages 200 iterations)
 #: The monitor's ``reason_code`` of a collapsing unit gradient; older runs only have the prose ``reason``.
-COLLAPSE_CODE = "collapse"
+COLLAPSE_CODE = COLLAPSE
 _COLLAPSE_WORD = "collapsing"  # in the monitor's prose reason for a collapsing unit gradient
 
 

@@ -11,7 +11,7 @@ Stages, one module each: ``measure`` (device reductions, no host sync) → ``met
 Angles come from the tangential and radial parts of the step (docs/design.md §2), never from ``arccos``.
 """
 
-from smdyn.monitor.columns import COLUMNS, REASONS
+from smdyn.monitor.columns import COLLAPSE, COLUMNS, HPARAMS, METRICS, REASONS, THEORY, WINDOWED
 from smdyn.monitor.core import SphericalMonitor
 
-__all__ = ["COLUMNS", "REASONS", "SphericalMonitor"]
+__all__ = ["COLLAPSE", "COLUMNS", "HPARAMS", "METRICS", "REASONS", "THEORY", "WINDOWED", "SphericalMonitor"]

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["COLUMNS", "METRICS", "REASONS"]
+__all__ = ["COLLAPSE", "COLUMNS", "HPARAMS", "METRICS", "REASONS", "THEORY", "WINDOWED"]
 
+#: Hyper-parameters of the step, as the rule reads them from the param group.
+HPARAMS = ("lr", "wd", "momentum")
 #: Measured per-row quantities, computed on the host from the device reductions (see ``metrics``).
-METRICS = ("weight_norm", "unit_grad_sq", "h_tilde", "angular_update", "grad_cosine", "unmoved_fraction")
-
-#: Columns of ``SphericalMonitor.history()`` and of every sink batch, in order.
-COLUMNS = (
-    "step",
-    "param",
-    "channel",
-    "lr",
-    "wd",
-    "momentum",
+METRICS = (
     "weight_norm",
     "unit_grad_sq",
     "h_tilde",
@@ -22,15 +15,28 @@ COLUMNS = (
     "effective_lr",
     "grad_cosine",
     "unmoved_fraction",
-    "angular_update_rms",
-    "angular_update_mean",
-    "l_estimate",
-    "theory_angular_update",
-    "theory_weight_norm",
+)
+#: Trailing-window statistics (see ``windows``).
+WINDOWED = ("angular_update_rms", "angular_update_mean", "l_estimate")
+#: Theoretical values, where the rule's theory applies to the step (see ``verdict``).
+THEORY = ("theory_angular_update", "theory_weight_norm")
+
+#: Columns of ``SphericalMonitor.history()`` and of every sink batch, in order.
+COLUMNS = (
+    "step",
+    "param",
+    "channel",
+    *HPARAMS,
+    *METRICS,
+    *WINDOWED,
+    *THEORY,
     "in_equilibrium",
     "reason_code",
     "reason",
 )
+
+#: The ``reason_code`` of a row whose unit gradient is collapsing (the one verdict experiments look for).
+COLLAPSE = "collapse"
 
 #: ``reason_code`` → the ``reason`` prose, in order of precedence (the first that applies is recorded).
 #: Codes up to ``nonfinite_grad`` make the measured numbers NaN; the later ones keep the measurements and

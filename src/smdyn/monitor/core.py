@@ -8,7 +8,6 @@ number of them in memory. This class owns only the plumbing: hooks, parameter gr
 from __future__ import annotations
 
 import atexit
-import logging
 import math
 import sys
 import warnings
@@ -20,18 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from smdyn import theory
 from smdyn.monitor import batch, measure, records
 from smdyn.monitor.columns import COLUMNS
 from smdyn.monitor.distributed import ShardPlan, is_rank_zero, to_host
+from smdyn.monitor.events import LrEvents
 from smdyn.monitor.history import DEFAULT_ROWS, History
 from smdyn.monitor.units import Unit, from_found, resolve
-from smdyn.monitor.windows import RESTART, Windows
+from smdyn.monitor.windows import Windows
 from smdyn.rules import Rule, rule_for
 
 __all__ = ["SphericalMonitor"]
 
-_log = logging.getLogger("smdyn")
 _EXACT_FORMATS = (torch.float32, torch.float64)  # where the known-update algebra matches the stored step
 _NOT_IN_OPTIMIZER = Rule("other", "other", theory=False, note="parameter is not in the optimizer")
 
@@ -93,11 +91,9 @@ class SphericalMonitor:
         self.tol = tol
         self.loss_fn = loss_fn
         self.step = 0  # optimizer steps seen (a step skipped by GradScaler never reaches the hooks)
-        self.events: list[dict[str, Any]] = []
+        self._lr = LrEvents()
         self.units: list[Unit] = []
         self._history = History(0 if not keep_history else history_rows)
-        self._last_lr: list[float] = []
-        self._event_lr: list[float] = []
         self._group_of: dict[int, int] = {}
         self._ngroups = -1
         self._first_batch: Any = None
@@ -158,9 +154,7 @@ class SphericalMonitor:
         if len(groups) == self._ngroups:
             return
         self._group_of = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
-        grow = len(groups) - len(self._last_lr)
-        self._last_lr += [math.nan] * grow
-        self._event_lr += [math.nan] * grow
+        self._lr.grow(len(groups))
         self._ngroups = len(groups)
 
     def _capture_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -220,7 +214,7 @@ class SphericalMonitor:
             if self._capture is not None:
                 self._resolve_late()
             self._sync_groups()
-            self._watch_lr()
+            self._lr.watch(self.optimizer, self.step)
             if self._recording(self.step):
                 self._measure_before()
         except Exception as exc:  # never break the user's training step
@@ -255,35 +249,6 @@ class SphericalMonitor:
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
-
-    def _watch_lr(self) -> None:
-        """Log every 5% move of a group's learning rate with the Corollary 3.1 lag estimate."""
-        for gi, group in enumerate(self.optimizer.param_groups):
-            rule = rule_for(self.optimizer, group)
-            lr, wd, mom = rule.hparams(group)
-            prev, ref = self._last_lr[gi], self._event_lr[gi]
-            self._last_lr[gi] = lr
-            if math.isnan(prev) or lr == prev:
-                if math.isnan(ref):
-                    self._event_lr[gi] = lr
-                continue
-            if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < RESTART:
-                continue
-            self._event_lr[gi] = lr
-            lag = math.nan
-            if rule.family == "sgd" and rule.theory and wd > 0 and 0 <= mom < 1:
-                lag = float(theory.steps_to_new_equilibrium(ref / lr, lr, wd, mom))
-            self.events.append(
-                {"step": self.step, "group": gi, "lr_before": ref, "lr_after": lr, "steps_to_new": lag}
-            )
-            _log.info(
-                "smdyn: step %d group %d lr %.4g -> %.4g; Corollary 3.1: ~%s steps to the new equilibrium",
-                self.step,
-                gi,
-                ref,
-                lr,
-                "?" if math.isnan(lag) else f"{lag:.0f}",
-            )
 
     def _measure_before(self) -> None:
         """Reductions of (w, g, v) on the device (``batch``); hyper-parameters and rule on the host."""
@@ -378,6 +343,11 @@ class SphericalMonitor:
         return self._history.table()
 
     @property
+    def events(self) -> list[dict[str, Any]]:
+        """Learning-rate changes of 5% or more: step, group, lr before and after, Corollary 3.1 lag."""
+        return self._lr.events
+
+    @property
     def dropped_rows(self) -> int:
         """Rows that left memory because of the ``history_rows`` bound (the sinks still got them)."""
         return self._history.dropped
@@ -408,9 +378,7 @@ class SphericalMonitor:
             "step": self.step,
             "units": [u.name for u in self.units],
             "rows": [u.rows for u in self.units],
-            "last_lr": list(self._last_lr),
-            "event_lr": list(self._event_lr),
-            "events": [dict(e) for e in self.events],
+            **self._lr.state(),
             "windows": {k: torch.from_numpy(v) for k, v in windows.items()},
         }
 
@@ -429,9 +397,7 @@ class SphericalMonitor:
             )
         self._windows.load(state["windows"])
         self.step = int(state["step"])
-        self._last_lr = [float(x) for x in state["last_lr"]]
-        self._event_lr = [float(x) for x in state["event_lr"]]
-        self.events = [dict(e) for e in state["events"]]
+        self._lr.load(state)
 
     def close(self) -> None:
         """Flush, remove the optimizer hooks and close the sinks. Safe to call twice; never raises."""

@@ -63,6 +63,7 @@ def snapshot_angle(parts: list[np.ndarray]) -> np.ndarray:
 def unit_metrics(
     parts: list[np.ndarray],
     coeffs: list[np.ndarray],
+    lr: np.ndarray,
     momentum: np.ndarray,
     row_numel: int,
     *,
@@ -74,6 +75,7 @@ def unit_metrics(
         parts: one ``[steps, rows, NRAW]`` array of raw sums per tensor of the unit.
         coeffs: one ``[steps, 3]`` array per tensor: the known-update coefficients (a, b, c), NaN on the
             steps where the snapshot path measured the update instead.
+        lr: ``[steps]`` learning rate (for the effective learning rate η/‖w‖²).
         momentum: ``[steps]`` heavy-ball α (h̃ of Thm 2 needs it).
         row_numel: elements per row (for the fraction of elements that did not move).
         with_h: the rule has a heavy-ball buffer, so h̃ is defined.
@@ -89,6 +91,7 @@ def unit_metrics(
             "unit_grad_sq": gg * ww,
             "h_tilde": h,
             "angular_update": np.where(ww > 0, delta, np.nan),
+            "effective_lr": np.where(ww > 0, lr[:, None] / ww, np.nan),
             "grad_cosine": wg / np.sqrt(ww * gg),
             "unmoved_fraction": unmoved,
         }

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smdyn import theory
 from smdyn.monitor import metrics, verdict
-from smdyn.monitor.columns import COLUMNS, MEASUREMENT_LOST, REASONS
+from smdyn.monitor.columns import COLUMNS, HPARAMS, MEASUREMENT_LOST, METRICS, REASONS, WINDOWED
 from smdyn.monitor.measure import I
 from smdyn.monitor.units import Unit
 from smdyn.monitor.windows import Windows
 from smdyn.rules import Coefficients, Rule
 
 _NAN3 = (math.nan, math.nan, math.nan)
-_LOST_METRICS = ("unit_grad_sq", "h_tilde", "angular_update", "grad_cosine", "unmoved_fraction")
+# Metrics that need the step's gradient or update: NaN when the measurement is lost.
+_LOST_METRICS = tuple(m for m in METRICS if m not in ("weight_norm", "effective_lr"))
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,12 @@ class Layout:
     stride: int  # optimizer steps between recorded steps, for the relaxation-time test
 
 
+def _objects(items: list[object]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
 def _unit_rows(u: Unit, raw: np.ndarray, start: int) -> tuple[list[np.ndarray], int]:
     parts = []
     for t in u.tensors:
@@ -61,7 +67,7 @@ def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict
     coeffs = [np.array([s.coeffs[i] or _NAN3 for s in steps]) for i in range(len(u.tensors))]
     heavy_ball = np.array([r.family == "sgd" for r in rules])
     row_numel = u.numel // u.rows
-    m = metrics.unit_metrics(parts, coeffs, mom, row_numel, with_h=bool(heavy_ball.any()))
+    m = metrics.unit_metrics(parts, coeffs, lr, mom, row_numel, with_h=bool(heavy_ball.any()))
     ww = sum(p[..., I["ww"]] for p in parts)
     finite_grad = np.all([np.isfinite(p[..., I["gg"]]) for p in parts], axis=0)
     skipped = np.max([p[..., I["skip"]] for p in parts], axis=0)
@@ -81,6 +87,7 @@ def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict
         "relax": np.broadcast_to(th["relaxation_steps"][:, None], shape),
         "adamw_norm": np.broadcast_to(th["adamw_weight_norm"][:, None], shape),
         "heavy_ball": np.broadcast_to(heavy_ball[:, None], shape),
+        "rule": np.broadcast_to(_objects(rules)[:, None], shape),
         "code": code,
         "prose": prose,
     }
@@ -102,38 +109,23 @@ def build(
         norm_star = c["adamw_norm"].copy()
         L = win["l_estimate"]
         ok = c["heavy_ball"] & (code == "") & (L > 0) & np.isfinite(L) & (lr * wd < 2 * (1 + mom))
-        if ok.any():
-            norm_star[ok] = theory.weight_norm(L[ok], lr[ok], wd[ok], mom[ok])
+        for rule in dict.fromkeys(c["rule"][ok]):  # the heavy-ball family's w* comes from L
+            sel = ok & (c["rule"] == rule)
+            norm_star[sel] = rule.weight_norm(L[sel], lr[sel], wd[sel], mom[sel])
         ratio = win["angular_update_rms"] / c["star"]
         full = win["count"] >= layout.window
         late = win["since"] * layout.stride > 3 * c["relax"]
         collapsed = verdict.mark_collapse(code, prose, ratio, full, late, c["heavy_ball"], layout.tol)
         eq = full & (code == "") & (np.abs(ratio - 1) <= layout.tol)
-        eff = np.where(c["weight_norm"] > 0, lr / c["weight_norm"] ** 2, np.nan)
     has_theory = (code == "") | collapsed
     nrows = code.shape[1]
     out = {
         "step": np.repeat(steps, nrows),
         "param": np.tile(layout.names, len(steps)),
         "channel": np.tile(layout.channels, len(steps)),
-        "lr": lr,
-        "wd": wd,
-        "momentum": mom,
-        **{
-            k: c[k]
-            for k in (
-                "weight_norm",
-                "unit_grad_sq",
-                "h_tilde",
-                "angular_update",
-                "grad_cosine",
-                "unmoved_fraction",
-            )
-        },
-        "effective_lr": eff,
-        "angular_update_rms": win["angular_update_rms"],
-        "angular_update_mean": win["angular_update_mean"],
-        "l_estimate": win["l_estimate"],
+        **dict(zip(HPARAMS, (lr, wd, mom), strict=True)),
+        **{k: c[k] for k in METRICS},
+        **{k: win[k] for k in WINDOWED},
         "theory_angular_update": np.where(has_theory, c["star"], np.nan),
         "theory_weight_norm": np.where(has_theory, norm_star, np.nan),
         "in_equilibrium": eq,

@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
+from smdyn._params import parse_params
 from smdyn.monitor.measure import is_sharded
 
 
@@ -78,20 +78,4 @@ def resolve(
         else:
             found = find_scale_invariant(model, example_batch, loss_fn)
         return from_found(model, found, per_channel)
-    named = dict(model.named_parameters())
-    by_id = {id(p): n for n, p in named.items()}
-    units = []
-    for item in params:
-        if isinstance(item, str):
-            missing = [n for n in item.split("+") if n not in named]
-            if missing:
-                raise ValueError(f"params: {missing[0]!r} is not a parameter of the model")
-            units.append(make_unit(item, [named[n] for n in item.split("+")], per_channel))
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], torch.Tensor):
-            name, p = item
-            if id(p) not in by_id:
-                raise ValueError(f"params: parameter {name!r} does not belong to the model")
-            units.append(make_unit(str(name), [p], per_channel))
-        else:
-            raise TypeError(f"params: expected a name or a (name, parameter) pair, got {item!r}")
-    return units
+    return [make_unit(label, tensors, per_channel) for label, tensors in parse_params(params, model)]

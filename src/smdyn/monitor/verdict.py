@@ -29,7 +29,6 @@ def step_theory(
     code = np.full(n, "", dtype=object)
     note = np.full(n, "", dtype=object)
     has = np.array([r.theory for r in rules], dtype=bool)
-    family = np.array([r.family for r in rules], dtype=object)
     for i in np.flatnonzero(~has):
         code[i], note[i] = "no_theory", rules[i].note or REASONS["no_theory"]
     with np.errstate(invalid="ignore"):
@@ -39,12 +38,11 @@ def step_theory(
     no_wd = valid & (wd == 0)
     code[no_wd], note[no_wd] = "no_decay", REASONS["no_decay"]
     ok = valid & (wd > 0)
-    for fam in set(family[ok]):
-        sel = ok & (family == fam)
-        rule = rules[int(np.flatnonzero(sel)[0])]
+    for rule in dict.fromkeys(rules[i] for i in np.flatnonzero(ok)):
+        sel = ok & np.array([r == rule for r in rules])
         star[sel] = rule.angular_update(lr[sel], wd[sel], mom[sel])
         relax[sel] = rule.relaxation_steps(lr[sel], wd[sel], mom[sel])
-        if fam == "adamw":
+        if rule.family == "adamw":
             adamw[sel] = theory.adamw_weight_norm(lr[sel], wd[sel], row_numel, mom[sel])
     return {
         "angular_update": star,
