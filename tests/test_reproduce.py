@@ -26,24 +26,13 @@ from smdyn.experiments.reproduce import (
     reproduction_markdown,
     write_reproduction_md,
 )
+from smdyn.monitor import COLUMNS
 
-_METRIC_COLUMNS = (
-    "step",
-    "param",
-    "channel",
-    "lr",
-    "wd",
-    "momentum",
-    "weight_norm",
-    "unit_grad_sq",
-    "h_tilde",
-    "angular_update",
-    "angular_update_rms",
-    "angular_update_mean",
-    "theory_angular_update",
-    "theory_weight_norm",
-    "in_equilibrium",
-    "reason",
+# The monitor's columns a run directory is read for (written without the ones the readers ignore).
+_METRIC_COLUMNS = tuple(
+    c
+    for c in COLUMNS
+    if c not in ("effective_lr", "grad_cosine", "unmoved_fraction", "l_estimate", "reason_code")
 )
 _TRAIN_COLUMNS = ("step", "epoch", "lr", "loss", "accuracy", "test_loss", "test_accuracy")
 _LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight")

@@ -15,25 +15,14 @@ import pytest
 
 from smdyn.experiments import rundir
 from smdyn.experiments._io import atomic_write_json, atomic_write_text, json_safe
+from smdyn.monitor import COLUMNS
 from smdyn.sinks import read_metrics as sinks_read_metrics
 
-_COLUMNS = (
-    "step",
-    "param",
-    "channel",
-    "lr",
-    "wd",
-    "momentum",
-    "weight_norm",
-    "unit_grad_sq",
-    "h_tilde",
-    "angular_update",
-    "angular_update_rms",
-    "angular_update_mean",
-    "theory_angular_update",
-    "theory_weight_norm",
-    "in_equilibrium",
-    "reason",
+# The monitor's columns a run directory is read for (written without the ones the readers ignore).
+_COLUMNS = tuple(
+    c
+    for c in COLUMNS
+    if c not in ("effective_lr", "grad_cosine", "unmoved_fraction", "l_estimate", "reason_code")
 )
 
 

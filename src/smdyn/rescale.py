@@ -94,7 +94,6 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from smdyn import geometry
 from smdyn._params import parse_params
 from smdyn._rescale_rule import LrRule as _LrRule
 from smdyn._rescale_rule import check_rule_args as _check_rule_args
@@ -147,8 +146,8 @@ class _Unit:
     stats: list[tuple[_NormBase, torch.Tensor | None]] = field(default_factory=list)
 
 
-def _exponent_for(optimizer: torch.optim.Optimizer) -> tuple[float, str]:
-    """(exponent, family) from the rule registry: w* ∝ η^¼ for SGD(M) (Thms 1-2), η^½ for AdamW."""
+def _exponent_for(optimizer: torch.optim.Optimizer) -> float:
+    """The norm's exponent in η from the rule registry: w* ∝ η^¼ for SGD(M) (Thms 1-2), η^½ for AdamW."""
     found = {
         (r.norm_exponent, r.family, r.note) for r in (rule_for(optimizer, g) for g in optimizer.param_groups)
     }
@@ -161,8 +160,7 @@ def _exponent_for(optimizer: torch.optim.Optimizer) -> tuple[float, str]:
         )
     if len({(exp, family) for exp, family, _ in found}) > 1:
         raise TypeError("optimizer: its param groups follow update rules with different equilibrium laws")
-    exp, family, _ = found.pop()
-    return exp, family
+    return found.pop()[0]
 
 
 def _detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any] | None:
@@ -384,8 +382,7 @@ class Rescaler:
         self.optimizer = optimizer
         self.mode = mode
         self.momentum = momentum
-        self.exponent, family = _exponent_for(optimizer)
-        self._adam = family == "adamw"
+        self.exponent = _exponent_for(optimizer)
         self._units = _resolve(optimizer, params, model, force, example_batch, loss_fn)
         self._by_group: dict[int, list[_Unit]] = {}
         for u in self._units:
@@ -525,32 +522,10 @@ class Rescaler:
                     norm.running_mean.sub_(b).mul_(c).add_(b)
 
     def _rescale_state(self, u: _Unit, c: float) -> None:
-        """Optimizer state for weights c·w; called while the weights still hold w."""
-        if self.momentum == "keep":
-            return
-        state = self.optimizer.state
-        if self._adam:
-            for p in u.tensors:
-                s = state.get(p, {})
-                for key, power in (("exp_avg", 1), ("exp_avg_sq", 2), ("max_exp_avg_sq", 2)):
-                    if isinstance(s.get(key), torch.Tensor):
-                        s[key].div_(c**power)
-            return
-        bufs = [state.get(p, {}).get("momentum_buffer") for p in u.tensors]
-        if all(b is None for b in bufs):
-            return
-        if self.momentum == "scale":
-            for b in bufs:
-                if b is not None:
-                    b.div_(c)
-            return
-        # split: v = v_t + μ·w with μ = ⟨v, w⟩/‖w‖² over the unit's whole vector; v_t/c + c·μ·w.
-        ww = sum(geometry.sq_norm(p.detach()) for p in u.tensors)
-        wv = sum(geometry.dot(p.detach(), b) for p, b in zip(u.tensors, bufs, strict=True) if b is not None)
-        mu = torch.where(ww > 0, wv / ww, torch.zeros_like(ww)) * (c - 1.0 / c)
-        for p, b in zip(u.tensors, bufs, strict=True):
-            if b is not None:
-                b.div_(c).add_(p.detach() * mu.to(b.dtype))
+        """Optimizer state for weights c·w, as the group's update rule says (called while they hold w)."""
+        rule = rule_for(self.optimizer, self.optimizer.param_groups[u.group])
+        if rule.rescale_state is not None:
+            rule.rescale_state(self.optimizer.state, u.tensors, c, self.momentum)
 
     # ------------------------------------------------------------------ persistence and life cycle
 

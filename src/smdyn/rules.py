@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from smdyn import theory
+from smdyn import geometry, theory
 from smdyn.dynamics import NORM_EXPONENT
 
 __all__ = ["Rule", "register_rule", "registered_rules", "rule_for"]
@@ -46,6 +46,8 @@ class Rule:
         coefficients: group, has_buffer → (a, b, c) with d = a·w + b·g + c·v, or None when the update is
             not a known function of (w, g, v) (a snapshot is then needed).
         norm_exponent: w* ∝ η^norm_exponent at fixed λ (what a rescaling after an η change must apply).
+        rescale_state: (optimizer.state, tensors, c, mode) → None: how the optimizer's state follows when
+            the weights are about to become c·w (called while they still hold w); None: nothing to do.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Rule:
     norm_exponent: float = math.nan
     dampening: float = 0.0  # torch.optim.SGD's τ (the sgd family only)
     nesterov: bool = False  # torch.optim.SGD's Nesterov momentum (the sgd family only)
+    rescale_state: Callable[[Mapping[Any, Any], list[torch.Tensor], float, str], None] | None = None
 
     def hparams(self, group: Mapping[str, Any]) -> tuple[float, float, float]:
         """(lr, weight decay, momentum or β₁) of a param group, as floats (NaN where unreadable)."""
@@ -114,6 +117,39 @@ def _sgd_coefficients(group: Mapping[str, Any], has_buffer: bool) -> Coefficient
     return lr * k * wd, lr * k * s, lr * c
 
 
+def _rescale_sgd_state(state: Mapping[Any, Any], tensors: list[torch.Tensor], c: float, mode: str) -> None:
+    """Momentum buffer for weights c·w: ``split`` (v = v⊥ + μw → v⊥/c + c·μw), ``scale`` (v/c) or ``keep``.
+
+    ``split`` keeps the buffer's tangential part in step with the smaller effective rate and its radial part
+    in proportion to the weight, so the first step after a rescale is already at the new equilibrium.
+    """
+    bufs = [state.get(p, {}).get("momentum_buffer") for p in tensors]
+    if mode == "keep" or all(b is None for b in bufs):
+        return
+    if mode == "scale":
+        for b in bufs:
+            if b is not None:
+                b.div_(c)
+        return
+    ww = sum(geometry.sq_norm(p.detach()) for p in tensors)
+    wv = sum(geometry.dot(p.detach(), b) for p, b in zip(tensors, bufs, strict=True) if b is not None)
+    mu = torch.where(ww > 0, wv / ww, torch.zeros_like(ww)) * (c - 1.0 / c)
+    for p, b in zip(tensors, bufs, strict=True):
+        if b is not None:
+            b.div_(c).add_(p.detach() * mu.to(b.dtype))
+
+
+def _rescale_adam_state(state: Mapping[Any, Any], tensors: list[torch.Tensor], c: float, mode: str) -> None:
+    """Adam's moments for weights c·w: its step is normalised, so m/c and v/c² keep each direction."""
+    if mode == "keep":
+        return
+    for p in tensors:
+        s = state.get(p, {})
+        for key, power in (("exp_avg", 1), ("exp_avg_sq", 2), ("max_exp_avg_sq", 2)):
+            if isinstance(s.get(key), torch.Tensor):
+                s[key].div_(c**power)
+
+
 def _sgd(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:
     nesterov, damp = bool(group.get("nesterov", False)), _float(group.get("dampening", 0.0))
     if _float(group.get("momentum", 0.0)) == 0:  # no buffer: torch ignores dampening (and refuses Nesterov)
@@ -132,11 +168,12 @@ def _sgd(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:
         norm_exponent=NORM_EXPONENT,
         dampening=damp if 0 <= damp <= 1 else 0.0,
         nesterov=nesterov,
+        rescale_state=_rescale_sgd_state,
     )
 
 
 def _adamw(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:
-    return Rule("adamw", "adamw", theory=True, norm_exponent=0.5)
+    return Rule("adamw", "adamw", theory=True, norm_exponent=0.5, rescale_state=_rescale_adam_state)
 
 
 def _adam(optimizer: torch.optim.Optimizer, group: Mapping[str, Any]) -> Rule:

@@ -157,7 +157,7 @@ def _fill_group(block: torch.Tensor, grp: _Group) -> None:
     vd = torch.linalg.vecdot
     bb, db = vd(b, b), vd(d, b)
     p = d - (db / bb).unsqueeze(-1) * b
-    unmoved = (before == after_own).reshape(k, rows, -1).sum(dim=-1, dtype=torch.float64)
+    unmoved = measure.count_unmoved(d.reshape(k * rows, -1)).reshape(k, rows)
     nan = torch.full_like(unmoved, math.nan)
     cols = [x.to(torch.float64) for x in (bb, db, vd(d, d))]
     cols += [nan, vd(p, b).to(torch.float64), vd(p, p).to(torch.float64), unmoved]

@@ -153,10 +153,17 @@ def fill_update(
     sums = geometry.update_sums(b, d, per_channel=per_channel)
     if sharded:  # ‖d⊥‖² of a shard is not additive: rebuilt on the host from the summed sums
         sums[..., 3] = math.nan
-    same = (before == after).reshape(before.shape[0] if per_channel else 1, -1)
-    unmoved = same.sum(dim=1, dtype=torch.float64)
+    unmoved = count_unmoved(d.reshape(before.shape[0] if per_channel else 1, -1))
     nan = torch.full_like(unmoved[:, None], math.nan).expand(-1, 2)
     raw[:, _SNAP] = torch.cat([sums.reshape(-1, 4), nan, unmoved[:, None]], dim=1)
+
+
+def count_unmoved(d: torch.Tensor) -> torch.Tensor:
+    """Elements per row of the [rows, m] step ``d`` that are exactly 0 (the weight did not change), float64.
+
+    One read of d: the difference of two stored values is 0 exactly when they are equal.
+    """
+    return (d.shape[1] - torch.count_nonzero(d, dim=1)).to(torch.float64)
 
 
 def _fill_small(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
@@ -171,5 +178,5 @@ def _fill_small(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, wo
     bb, db = torch.dot(b, b), torch.dot(d, b)
     p = d - (db / bb) * b
     sums = torch.stack([bb, db, torch.dot(d, d), torch.dot(p, b), torch.dot(p, p)]).to(torch.float64)
-    unmoved = (before == after).sum(dtype=torch.float64).reshape(1)
+    unmoved = count_unmoved(d.reshape(1, -1))
     raw[0, _SNAP] = torch.cat([sums[:3], _tail(raw.device)[:1], sums[3:], unmoved])

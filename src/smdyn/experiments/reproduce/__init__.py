@@ -31,25 +31,8 @@ evaluation that turns its runs into typed claims (`claims.Claim`, with a `claims
 holds the measurements they share, `runner` the order of the runs and their re-use, `markdown` the
 ``REPRODUCTION.md`` renderer and `command` the command line.
 
-Measurements (all over scale-invariant layers with a theoretical value, i.e. a finite Δ* > 0):
-
-- Equilibrium (Thm 1–3): over the last monitor window of the last learning-rate stage, per layer
-  RMS Δ/Δ* = √(mean (Δ_t/Δ*)²) (Δ* = √(2λη/(1+α)) is the equilibrium value of √E[Δ²], Thm 3), mean Δ/Δ*
-  and ‖w‖/w* = √(mean ‖w_t‖² / mean w*_t²) (w* the monitor's exact fixed point of Thm 1 / Thm 2); the
-  median over layers of |RMS Δ/Δ* − 1| and |‖w‖/w* − 1|.
-- Time to equilibrium: the first step at which the monitor flags a layer ``in_equilibrium``; median over
-  layers (a layer never flagged counts as never).
-- Lag after a drop by k (Cor 3.1): the first step after the drop at which the RMS of Δ/Δ*_new over a
-  centred window of ``rolling_records`` records reaches 1 − ``reached_tol``, median over layers, against
-  ⌈ln(k)(1−α)/(2λη_new)⌉ (`smdyn.theory.steps_to_new_equilibrium`).
-- Stage deviation (Sec 4.2): the mean over a stage of |RMS Δ/Δ* − 1| (RMS over trailing windows of
-  ``rolling_records`` records inside the stage), median over layers.
-- Test-accuracy dip (Sec 4.3): the largest drawdown (a peak minus a later value) of the seed-mean test
-  accuracy inside a learning-rate stage, after a running median over 3 evaluations (one outlying
-  evaluation is not a dip); Δ rise: RMS Δ over the last 10% of the second stage divided by RMS Δ over its
-  first 5%, median over layers, mean over seeds.
-- Training figures: train loss and accuracy, mean of the ``train.csv`` rows in the last 10% of the run;
-  test accuracy and loss, mean of the evaluations in the last 25% of the run.
+Every measurement behind a claim (equilibrium ratios, time to equilibrium, the lag after a drop, stage
+deviation, the test-accuracy dip) is defined once, in `measures`' docstring.
 """
 
 from smdyn.experiments.reproduce.claims import Claim, Experiment, Verdict
