@@ -431,3 +431,19 @@ def test_dot_rejects_bad_input() -> None:
         sq_norm(np.ones(3))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="per_channel"):
         sq_norm(torch.tensor(3.0), per_channel=True)
+
+
+@pytest.mark.parametrize("n", [1000, 100_000])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dots_of_several_pairs_match_float64(n: int, per_channel: bool) -> None:
+    from smdyn.geometry import dots
+
+    gen = torch.Generator().manual_seed(3)
+    w, g, v = (torch.randn(8, n // 8, generator=gen) for _ in range(3))
+    got = dots([(w, w), (w, g), (g, v)], per_channel=per_channel).numpy()
+    rows = (lambda t: t.double().reshape(8, -1)) if per_channel else (lambda t: t.double().reshape(1, -1))
+    want = np.stack([(rows(a) * rows(b)).sum(1).numpy() for a, b in ((w, w), (w, g), (g, v))], axis=-1)
+    want = want if per_channel else want[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.sqrt(n))
+    with pytest.raises(ValueError, match="at least one pair"):
+        dots([])

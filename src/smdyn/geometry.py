@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["angle", "angle_from_sums", "dot", "norm_before_sq_from_sums", "sq_norm", "update_sums"]
+__all__ = ["angle", "angle_from_sums", "dot", "dots", "norm_before_sq_from_sums", "sq_norm", "update_sums"]
 
 # CPU sdot accumulates in a few float32 registers, so its error grows with length. Worst relative error of
 # ‖x‖² over 40 normal vectors of 2**14 / 2**15 / 2**16 elements: 2.2e-7 / 5.1e-7 / 7.8e-7 (measured); one
@@ -147,6 +147,31 @@ def dot(a: Tensor, b: Tensor, *, per_channel: bool = False) -> Tensor:
     a, b = _check_pair(("a", "b"), a, b)
     dtype = torch.promote_types(_work_dtype(a), _work_dtype(b))
     return _finish(_rowdot(_rows("a", a, per_channel, dtype), _rows("b", b, per_channel, dtype)), per_channel)
+
+
+def dots(pairs: list[tuple[Tensor, Tensor]], *, per_channel: bool = False) -> Tensor:
+    """⟨a, b⟩ of several pairs of same-shaped tensors in one sweep, float64 ``[P]`` (or ``[C, P]``).
+
+    The reductions of :func:`dot`, but on the CPU each block of ``_BLOCK`` elements of every pair is reduced
+    while it is in cache: a tensor that appears in several pairs (w in ‖w‖² and ⟨w, g⟩) is read from memory
+    once per block instead of once per pair.
+
+    Raises:
+        TypeError: An argument is not a floating-point tensor.
+        ValueError: No pairs, or shapes or devices that differ (dtypes are promoted, as in :func:`dot`).
+    """
+    if not pairs:
+        raise ValueError("dots needs at least one pair")
+    checked = [_check_pair(("a", "b"), a, b) for a, b in pairs]
+    shape, device = checked[0][0].shape, checked[0][0].device
+    if any(a.shape != shape or a.device != device for a, _ in checked):
+        raise ValueError("dots: every pair must have the same shape and device")
+    dtype = _work_dtype(checked[0][0])
+    for pair in checked:
+        for t in pair:
+            dtype = torch.promote_types(dtype, _work_dtype(t))
+    rows = [(_rows("a", a, per_channel, dtype), _rows("b", b, per_channel, dtype)) for a, b in checked]
+    return _finish(torch.stack(_rowdots(*rows), dim=-1), per_channel)
 
 
 def sq_norm(a: Tensor, *, per_channel: bool = False) -> Tensor:

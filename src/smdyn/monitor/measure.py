@@ -84,18 +84,13 @@ def _six_dots(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_chan
             torch.dot(b, c),
         ]
         return torch.stack(dots).to(torch.float64).reshape(1, 6)
-    dot, sq = geometry.dot, geometry.sq_norm
-    ww = sq(w, per_channel=per_channel)
-    gg, wg = sq(g, per_channel=per_channel), dot(w, g, per_channel=per_channel)
     if v is None:  # no momentum buffer (yet): its entries are 0
-        vv = wv = gv = torch.zeros_like(ww)
-    else:
-        vv, wv, gv = (
-            sq(v, per_channel=per_channel),
-            dot(w, v, per_channel=per_channel),
-            dot(g, v, per_channel=per_channel),
-        )
-    return torch.stack([ww, gg, vv, wg, wv, gv], dim=-1).reshape(-1, 6)
+        ww_gg_wg = geometry.dots([(w, w), (g, g), (w, g)], per_channel=per_channel).reshape(-1, 3)
+        zero = torch.zeros_like(ww_gg_wg[:, :1])
+        ww, gg, wg = ww_gg_wg.unbind(1)
+        return torch.stack([ww, gg, zero[:, 0], wg, zero[:, 0], zero[:, 0]], dim=-1)
+    pairs = [(w, w), (g, g), (v, v), (w, g), (w, v), (g, v)]
+    return geometry.dots(pairs, per_channel=per_channel).reshape(-1, 6)
 
 
 def gram(
