@@ -26,6 +26,9 @@ from torch import nn
 from smdyn import SphericalMonitor
 
 _STEPS = 8
+# torch's fused CPU SGD on bf16/fp16 is not deterministic by itself: two unmonitored runs differ in a few
+# momentum-buffer elements (measured: fp16 7 of 12 reruns, bf16 12 of 12).
+_TORCH_NONDETERMINISTIC = {("sgdm_fused", "bf16"), ("sgdm_fused", "fp16")}
 _BAD = 4  # the step at which one-off faults strike
 
 
@@ -303,10 +306,12 @@ def test_training_unchanged_and_every_number_right_or_explained(opt_name: str, f
         warnings.simplefilter("ignore")
         monitored = _train(opt_name, fault, monitored=True)
     mon, trace = monitored[2], monitored[3]
-    diff = _difference(plain, monitored)
-    if diff is not None and _difference(plain, _train(opt_name, fault, monitored=False)) is not None:
-        diff = None  # torch's own kernel is not deterministic here (fused SGD on bf16/fp16 buffers)
-    assert diff is None, f"training changed by the monitor: {diff}"
+    if (opt_name, fault) in _TORCH_NONDETERMINISTIC:
+        for n, w in plain[0].items():  # bit-identity cannot hold between two runs here: close instead
+            torch.testing.assert_close(monitored[0][n].float(), w.float(), rtol=2e-2, atol=1e-3)
+    else:
+        diff = _difference(plain, monitored)
+        assert diff is None, f"training changed by the monitor: {diff}"
 
     hist = mon.history()
     steps = len(trace.before)

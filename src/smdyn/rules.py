@@ -61,9 +61,14 @@ class Rule:
     nesterov: bool = False  # torch.optim.SGD's Nesterov momentum (the sgd family only)
     rescale_state: Callable[[Mapping[Any, Any], list[torch.Tensor], float, str], None] | None = None
 
+    @property
+    def heavy_ball(self) -> bool:
+        """Plain heavy-ball SGD(M) (Eqs 10-11): where Thm 2's h̃, its exact w* and Cor 3.1 apply as printed."""
+        return self.family == "sgd" and not self.nesterov and self.dampening == 0
+
     def hparams(self, group: Mapping[str, Any]) -> tuple[float, float, float]:
         """(lr, weight decay, momentum or β₁) of a param group, as floats (NaN where unreadable)."""
-        lr = _float(group.get("lr", math.nan))
+        lr = group_lr(group)
         wd = _float(group.get("weight_decay", 0.0))
         if "momentum" in group:
             mom = _float(group["momentum"])
@@ -89,6 +94,11 @@ class Rule:
             return 1.0 / (2.0 * lr * wd)
         c_sum, _ = theory.sgd_filter_sums(mom, self.dampening, self.nesterov)
         return 1.0 / (2.0 * lr * wd * c_sum)
+
+
+def group_lr(group: Mapping[str, Any]) -> float:
+    """A param group's learning rate as a float (NaN where unreadable), without classifying the optimizer."""
+    return _float(group.get("lr", math.nan))
 
 
 def _float(x: Any) -> float:

@@ -12,6 +12,7 @@ import math
 import sys
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -237,9 +238,12 @@ class SphericalMonitor:
         finally:
             self._current = None
             self.step += 1
-            _keep_last(optimizer._optimizer_step_pre_hooks, self._handles[0].id)
-        if len(self._pending) >= self.flush_every:
-            self.flush()
+        try:
+            _keep_last(getattr(optimizer, "_optimizer_step_pre_hooks", None), self._handles[0].id)
+            if len(self._pending) >= self.flush_every:
+                self.flush()
+        except Exception as exc:  # flush() keeps its own rows; nothing reaches the training loop
+            self._warn_once("post", f"smdyn monitor: {exc!r} after step {self.step - 1}")
 
     def _go_idle(self, message: str) -> None:
         self._warn_once("idle", message)
@@ -481,7 +485,7 @@ def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
 
 def _keep_last(hooks: Any, key: int) -> None:
     """Move the monitor's pre-hook behind hooks registered later (clipping, unscaling): it measures last."""
-    if key in hooks and next(reversed(hooks)) != key:
+    if isinstance(hooks, OrderedDict) and key in hooks and next(reversed(hooks)) != key:
         hooks.move_to_end(key)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from smdyn import theory
 from smdyn.monitor.windows import RESTART
-from smdyn.rules import rule_for
+from smdyn.rules import group_lr, rule_for
 
 _log = logging.getLogger("smdyn")
 
@@ -32,8 +32,7 @@ class LrEvents:
 
     def watch(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         for gi, group in enumerate(optimizer.param_groups):
-            rule = rule_for(optimizer, group)
-            lr, wd, mom = rule.hparams(group)
+            lr = group_lr(group)  # every step: one float read; the rule is looked up only for an event
             prev, ref = self.last[gi], self.ref[gi]
             self.last[gi] = lr
             if math.isnan(prev) or lr == prev:
@@ -43,8 +42,10 @@ class LrEvents:
             if not (lr > 0 and ref > 0) or abs(lr / ref - 1) < RESTART:
                 continue
             self.ref[gi] = lr
-            lag = math.nan
-            if rule.family == "sgd" and rule.theory and wd > 0 and 0 <= mom < 1:
+            rule = rule_for(optimizer, group)
+            _, wd, mom = rule.hparams(group)
+            lag = math.nan  # Corollary 3.1 is derived for plain heavy ball only
+            if rule.heavy_ball and rule.theory and wd > 0 and 0 <= mom < 1:
                 lag = float(theory.steps_to_new_equilibrium(ref / lr, lr, wd, mom))
             self.events.append(
                 {"step": step, "group": gi, "lr_before": ref, "lr_after": lr, "steps_to_new": lag}

@@ -78,7 +78,9 @@ def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict
     for k in _LOST_METRICS:
         m[k] = np.where(lost, np.nan, m[k])
     shape = ww.shape
-    use_h = heavy_ball[:, None] & (mom[:, None] > 0)
+    # h̃ is Thm 2's L for plain heavy ball; the Nesterov/dampening w* is derived for L = E‖g̃‖²
+    plain = np.array([r.heavy_ball for r in rules])
+    use_h = plain[:, None] & (mom[:, None] > 0)
     return {
         **m,
         "hparams": np.broadcast_to(np.stack([lr, wd, mom], axis=-1)[:, None, :], (*shape, 3)),
