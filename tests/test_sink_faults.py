@@ -523,3 +523,17 @@ def test_read_only_directory(tmp_path: Path) -> None:
 def test_file_kind_names() -> None:
     assert sinks._file_kind(stat.S_IFIFO) == "FIFO (named pipe)"
     assert sinks._file_kind(stat.S_IFCHR) == "character device"
+
+
+def test_reading_a_csv_with_a_malformed_row_says_so(tmp_path) -> None:
+    import warnings as _w
+
+    from smdyn.sinks import read_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,param,weight_norm\n0,a,1.0\n1,a,2.0,extra\n2,a,3.0\n")
+    with _w.catch_warnings(record=True) as caught:
+        _w.simplefilter("always")
+        rows = read_metrics(path)
+    assert list(rows["step"]) == [0, 2]
+    assert any("skipping 1 malformed rows" in str(w.message) for w in caught)

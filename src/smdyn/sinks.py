@@ -671,6 +671,9 @@ def _csv_columns(text: str, path: Path) -> tuple[list[str], list[Any]]:
             df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, on_bad_lines="skip")
         except pd.errors.EmptyDataError:
             raise ValueError(f"{path} has no header line") from None
+        skipped = text.count("\n") - 1 - len(df)  # rows the C reader dropped: say so, as the csv path does
+        if skipped > 0:
+            warnings.warn(f"{path}: skipping {skipped} malformed rows", RuntimeWarning, 3)
         return list(df.columns), [df[c].to_numpy(dtype=object) for c in df.columns]
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
