@@ -19,6 +19,7 @@ OPTIONAL = [
     "pyarrow",
     "tensorboard",
     "PIL",
+    "wandb",
 ]
 
 SCRIPT = f"""
@@ -29,8 +30,9 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("blocked " + name)
 sys.meta_path.insert(0, Block())
 import smdyn, smdyn.theory, smdyn.geometry, smdyn.invariance, smdyn.monitor, smdyn.sinks
-import smdyn.rescale, smdyn.simulation
+import smdyn.rescale, smdyn.simulation, smdyn.corrected_decay, smdyn.rotation, smdyn.rules
 from smdyn import plan, simulate, Rescaler, SphericalMonitor, find_scale_invariant
+from smdyn import CorrectedWeightDecay, RotationController
 print("ok")
 """
 

@@ -6,16 +6,20 @@ Weight Decay", NeurIPS 2021).
 """
 
 from smdyn import geometry, theory
+from smdyn.corrected_decay import CorrectedWeightDecay
 from smdyn.invariance import InvariantParam, find_scale_invariant
 from smdyn.monitor import SphericalMonitor
 from smdyn.plan import PlanResult, plan
 from smdyn.rescale import Rescaler
+from smdyn.rotation import RotationController
 from smdyn.simulation import SimulationResult, simulate
 
 __all__ = [
+    "CorrectedWeightDecay",
     "InvariantParam",
     "PlanResult",
     "Rescaler",
+    "RotationController",
     "SimulationResult",
     "SphericalMonitor",
     "find_scale_invariant",

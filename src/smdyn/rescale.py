@@ -94,6 +94,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from smdyn import _control
 from smdyn._params import parse_params
 from smdyn._rescale_rule import LrRule as _LrRule
 from smdyn._rescale_rule import check_rule_args as _check_rule_args
@@ -356,8 +357,9 @@ class Rescaler:
 
     Raises:
         TypeError: unsupported optimizer, or a malformed ``params`` entry.
-        ValueError: bad settings, a parameter detection refutes (without ``force``), or one outside the
-            optimizer.
+        ValueError: bad settings, a parameter detection refutes (without ``force``), one outside the
+            optimizer, or one that :class:`smdyn.CorrectedWeightDecay` or
+            :class:`smdyn.RotationController` already controls (they would work against each other).
     """
 
     def __init__(
@@ -405,6 +407,8 @@ class Rescaler:
             )
         self.events: list[dict[str, Any]] = []
         self.step = 0
+        # One control per weight: refused where CorrectedWeightDecay or RotationController holds one.
+        _control.claim(optimizer, [t for u in self._units for t in u.tensors], self, "Rescaler")
         self._observe()  # the lr at attach time is the reference: later changes are followed
         self._closed = False
         self._handle = None
@@ -571,6 +575,7 @@ class Rescaler:
         self._closed = True
         if self._handle is not None:
             self._handle.remove()
+        _control.release(self.optimizer, self)
 
     def __enter__(self) -> Rescaler:
         return self

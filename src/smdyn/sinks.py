@@ -747,3 +747,12 @@ def read_metrics(path: str | os.PathLike[str], columns: Sequence[str] | None = N
     if not found:
         raise FileNotFoundError(f"no metrics.csv, metrics/ or part-*.parquet files in {p}")
     return read_metrics(found[0], columns)
+
+
+def __getattr__(name: str) -> Any:
+    """``WandbSink`` is in :mod:`smdyn.wandb_sink`, loaded on first use: this module never imports wandb."""
+    if name == "WandbSink":
+        from smdyn.wandb_sink import WandbSink
+
+        return WandbSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

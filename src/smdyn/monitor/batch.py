@@ -14,7 +14,6 @@ No value is read back to the host here; rows come out in blocks, each with the r
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,6 +54,7 @@ class StepMeasurement:
     index: list[np.ndarray] = field(default_factory=list)  # record rows of each block
     groups: list[_Group] = field(default_factory=list)  # batched groups that need a snapshot
     singles: list[tuple[Item, int, torch.Tensor]] = field(default_factory=list)  # (item, block, w_t copy)
+    buffers: measure.Buffers | None = None
 
     def _add(self, block: torch.Tensor, items: list[Item]) -> int:
         self.blocks.append(block)
@@ -78,10 +78,16 @@ def _key(it: Item) -> tuple:
 
 
 def measure_step(
-    items: list[Item], inv_scale: torch.Tensor | None, skipped: torch.Tensor | None
+    items: list[Item],
+    inv_scale: torch.Tensor | None,
+    skipped: torch.Tensor | None,
+    buffers: measure.Buffers | None = None,
 ) -> StepMeasurement:
-    """Reductions before the step for every item: batched where possible, one at a time otherwise."""
-    out = StepMeasurement()
+    """Reductions before the step for every item: batched where possible, one at a time otherwise.
+
+    ``buffers`` keeps the snapshots and stacked copies from one recorded step to the next (on the CPU).
+    """
+    out = StepMeasurement(buffers=buffers)
     groups: dict[tuple, list[Item]] = {}
     for it in items:
         if it.g is None:
@@ -92,7 +98,7 @@ def measure_step(
             w = measure.local(it.param.detach())
             block = out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
             if it.snapshot:
-                out.singles.append((it, block, measure.snapshot(w)))
+                out.singles.append((it, block, measure.snapshot(w, buffers, ("w", id(it.param)))))
     for members in groups.values():
         if len(members) == 1 and not members[0].snapshot:
             it = members[0]
@@ -100,12 +106,24 @@ def measure_step(
             out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
             continue
         rows = members[0].rows
-        with torch.no_grad():  # stacking the parameters themselves: no detach op per tensor, no graph
-            w_own = torch.stack([it.param for it in members])
-        block = out._add(_gram_block(members, w_own, rows, inv_scale, skipped), members)
+        w_own = _stacked(buffers, "w", members)
+        block = out._add(_gram_block(members, w_own, rows, inv_scale, skipped, buffers), members)
         if members[0].snapshot:
             out.groups.append(_Group(members, block, w_own))
     return out
+
+
+def _stacked(buffers: measure.Buffers | None, role: str, members: list[Item]) -> torch.Tensor:
+    """torch.stack of the members' ``role`` tensors (the parameters themselves: no graph, no detach op per
+    tensor), into storage kept per (role, parameters)."""
+    tensors = [it.param if role in ("w", "after") else getattr(it, role) for it in members]
+    first = tensors[0]
+    with torch.no_grad():
+        if buffers is None:
+            return torch.stack(tensors)
+        key = (role, tuple(id(it.param) for it in members))
+        out = buffers.get(key, torch.Size((len(tensors), *first.shape)), first.dtype, first.device)
+        return torch.stack(tensors, out=out)
 
 
 def _as_rows(x: torch.Tensor, k: int, rows: int) -> torch.Tensor:
@@ -119,18 +137,19 @@ def _gram_block(
     rows: int,
     inv_scale: torch.Tensor | None,
     skipped: torch.Tensor | None,
+    buffers: measure.Buffers | None,
 ) -> torch.Tensor:
     """[K·rows, NRAW] float64: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩ of every member, the rest NaN/0."""
     k = len(members)
     vd = torch.linalg.vecdot
     w = _as_rows(w_own, k, rows)
-    g = _as_rows(torch.stack([it.g for it in members]), k, rows)
+    g = _as_rows(_stacked(buffers, "g", members), k, rows)
     if members[0].v is None:
         ww, gg, wg = vd(w, w), vd(g, g), vd(w, g)
         zero = torch.zeros_like(ww)
         dots = torch.stack([ww, gg, zero, wg, zero, zero], dim=-1)
     else:
-        v = _as_rows(torch.stack([it.v for it in members]), k, rows)
+        v = _as_rows(_stacked(buffers, "v", members), k, rows)
         dots = torch.stack([vd(w, w), vd(g, g), vd(v, v), vd(w, g), vd(w, v), vd(g, v)], dim=-1)
     dots = dots.reshape(k * rows, 6).to(torch.float64)
     return measure.finish_row(dots, inv_scale, skipped)
@@ -142,26 +161,26 @@ def measure_after(m: StepMeasurement) -> None:
         after = measure.local(it.param.detach())
         measure.fill_update(m.blocks[block], before, after, it.per_channel, measure.is_sharded(it.param))
     for grp in m.groups:
-        _fill_group(m.blocks[grp.block], grp)
+        _fill_group(m.blocks[grp.block], grp, m.buffers)
+    m.singles, m.groups = [], []  # the copies are spent: a pending record keeps only its rows
 
 
-def _fill_group(block: torch.Tensor, grp: _Group) -> None:
+def _fill_group(block: torch.Tensor, grp: _Group, buffers: measure.Buffers | None) -> None:
     """‖b‖², ⟨d,b⟩, ‖d‖², ⟨p,b⟩, ‖p‖² (p = d − (⟨d,b⟩/‖b‖²)·b) and unmoved counts for a stacked group."""
     k, rows = len(grp.items), grp.items[0].rows
     before = grp.before
-    with torch.no_grad():
-        after_own = torch.stack([it.param for it in grp.items])
+    after_own = _stacked(buffers, "after", grp.items)
     work = torch.promote_types(after_own.dtype, torch.float32)
     b = after_own.reshape(k, rows, -1).to(work)
-    d = before.reshape(k, rows, -1).to(work) - b
+    d = measure._difference(before.reshape(k, rows, -1), b)
     vd = torch.linalg.vecdot
-    bb, db = vd(b, b), vd(d, b)
+    bb, db, dd = vd(b, b), vd(d, b), vd(d, d)
     p = d - (db / bb).unsqueeze(-1) * b
-    unmoved = measure.count_unmoved(d.reshape(k * rows, -1)).reshape(k, rows)
-    nan = torch.full_like(unmoved, math.nan)
-    cols = [x.to(torch.float64) for x in (bb, db, vd(d, d))]
-    cols += [nan, vd(p, b).to(torch.float64), vd(p, p).to(torch.float64), unmoved]
-    block[:, _SNAP] = torch.stack(cols, dim=-1).reshape(k * rows, -1)
+    pb, pp = vd(p, b), vd(p, p)
+    unmoved = measure.count_unmoved(d.reshape(k * rows, -1)).reshape(k, rows)  # consumes d
+    sums = torch.stack([bb, db, dd, pb, pp, unmoved], dim=-1).reshape(k * rows, 6).to(torch.float64)
+    block[:, I["bb"] : I["dd"] + 1] = sums[:, :3]  # ‖d⊥‖² stays NaN: the host takes it from p
+    block[:, I["pb"] : I["unmoved"] + 1] = sums[:, 3:]
 
 
 __all__ = ["NRAW", "Item", "StepMeasurement", "measure_after", "measure_step"]

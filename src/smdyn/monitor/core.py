@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from smdyn import _control
 from smdyn.monitor import batch, measure, records
 from smdyn.monitor.columns import COLUMNS
 from smdyn.monitor.distributed import ShardPlan, is_rank_zero, to_host
@@ -32,6 +33,8 @@ from smdyn.rules import Rule, rule_for
 __all__ = ["SphericalMonitor"]
 
 _EXACT_FORMATS = (torch.float32, torch.float64)  # where the known-update algebra matches the stored step
+# Controls that change a weight after the optimizer's own update: only a snapshot sees the step applied.
+_MOVES_AFTER_STEP = frozenset({"RotationController"})
 _NOT_IN_OPTIMIZER = Rule("other", "other", theory=False, note="parameter is not in the optimizer")
 
 
@@ -101,6 +104,7 @@ class SphericalMonitor:
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
         self._current: tuple[int, list[records.UnitStep], batch.StepMeasurement] | None = None
+        self._buffers = measure.Buffers()  # snapshots kept between recorded steps (CPU only)
         self._outer: tuple[int, Any] | None = None  # (frame id, code) of the step() call being measured
         self._latest: dict[str, np.ndarray] = {}
         self._warned: set[str] = set()
@@ -285,13 +289,18 @@ class SphericalMonitor:
                     if rule.buffer and g is not None
                     else None
                 )
-                known = g is not None and rules[gi].coefficients is not None and t.dtype in _EXACT_FORMATS
+                known = (
+                    g is not None
+                    and rules[gi].coefficients is not None
+                    and t.dtype in _EXACT_FORMATS
+                    and _control.controller_of(opt, t) not in _MOVES_AFTER_STEP
+                )
                 coeffs.append(rules[gi].coefficients(groups[gi], v is not None) if known else None)
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, g is not None and not known))
                 row += n
             lr, wd, mom = rule.hparams(groups[gis[0]])
             meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), _host_code(u)))
-        self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf))
+        self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf, self._buffers))
 
     def _measure_after(self) -> None:
         step, meta, m = self._current
@@ -414,6 +423,7 @@ class SphericalMonitor:
             self._capture.remove()
         atexit.unregister(self._atexit)
         self.flush()
+        self._buffers.clear()
         for sink in self.sinks:
             try:
                 sink.close()

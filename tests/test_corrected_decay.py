@@ -1,0 +1,367 @@
+"""CorrectedWeightDecay: equal to hand-written float64 SGDM / AdamW runs with λ_t = λη_t/η_max, resumption,
+refusals (mixed coupled groups, other optimizers, a Rescaler on the same weights) and no raise in training."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import lr_scheduler as sch
+
+from smdyn.corrected_decay import CorrectedWeightDecay
+from smdyn.rescale import Rescaler
+from smdyn.rules import rule_for
+
+INVARIANT = ("0.weight", "3.weight")  # each followed by a BatchNorm; the head "6.*" is not invariant
+
+# warm-up 0.02 → 0.1, cosine down to 0.01, a restart at 0.08 (an increase below the peak), decay again
+SCHEDULE = (
+    [0.02 + 0.08 * t / 4 for t in range(5)]
+    + [0.01 + 0.045 * (1 + math.cos(math.pi * t / 15)) for t in range(1, 16)]
+    + [0.08 * 0.8**t for t in range(10)]
+)
+
+
+def _net(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(6, 8, bias=False),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 8, bias=False),
+        nn.BatchNorm1d(8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
+
+
+def _loss(model: nn.Module, t: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(100 + t)
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    return F.cross_entropy(model(x), y)
+
+
+def _split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    named = list(model.named_parameters())
+    return [p for n, p in named if n in INVARIANT], [p for n, p in named if n not in INVARIANT]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: range) -> None:
+    base = opt.param_groups[0]["initial_lr"]
+    for t in steps:
+        for group in opt.param_groups:
+            group["lr"] = SCHEDULE[t] * group["initial_lr"] / base
+        opt.zero_grad()
+        _loss(model, t).backward()
+        opt.step()
+
+
+def _with_initial_lr(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
+    return opt
+
+
+def _decay_factors(reference_lr: float | None) -> list[float]:
+    """η_t/η_max for each step of SCHEDULE, from the definition (η_max: reference_lr or the running max)."""
+    out, peak = [], 0.0
+    for lr in SCHEDULE:
+        peak = max(peak, lr)
+        out.append(lr / (reference_lr if reference_lr is not None else peak))
+    return out
+
+
+Update = Callable[[int, torch.Tensor, torch.Tensor, dict, float, float], torch.Tensor]
+
+
+def _hand_run(update: Update, lam: float, factors: list[float]) -> dict[str, torch.Tensor]:
+    """Train _net() by a float64 update written out here, with λ·factors[t] on the invariant weights; the
+    model (float32) only gives the gradients."""
+    model = _net()
+    w = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+    state: dict[str, dict] = {n: {} for n in w}
+    for t, lr in enumerate(SCHEDULE):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(w[n])
+        model.zero_grad()
+        _loss(model, t).backward()
+        for n, p in model.named_parameters():
+            lam_t = lam * factors[t] if n in INVARIANT else lam
+            w[n] = update(t, w[n], p.grad.double(), state[n], lr, lam_t)
+    return w
+
+
+def _sgdm(t: int, w: torch.Tensor, g: torch.Tensor, s: dict, lr: float, lam: float) -> torch.Tensor:
+    d = g + lam * w  # coupled decay (Eqs 10-11)
+    s["v"] = d if t == 0 else 0.9 * s["v"] + d
+    return w - lr * s["v"]
+
+
+def _adamw(t: int, w: torch.Tensor, g: torch.Tensor, s: dict, lr: float, lam: float) -> torch.Tensor:
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    s["m"] = b1 * s.get("m", torch.zeros_like(g)) + (1 - b1) * g
+    s["v"] = b2 * s.get("v", torch.zeros_like(g)) + (1 - b2) * g * g
+    m_hat, v_hat = s["m"] / (1 - b1 ** (t + 1)), s["v"] / (1 - b2 ** (t + 1))
+    return w * (1 - lr * lam) - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+def _max_rel_diff(model: nn.Module, ref: dict[str, torch.Tensor]) -> float:
+    return max(
+        float((p.detach().double() - ref[n]).norm() / ref[n].norm()) for n, p in model.named_parameters()
+    )
+
+
+@pytest.mark.parametrize("reference_lr", [None, 0.1, 0.2])
+def test_sgdm_matches_hand_written_float64_run(reference_lr: float | None) -> None:
+    lam = 0.05
+    ref = _hand_run(_sgdm, lam, _decay_factors(reference_lr))
+    uncorrected = _hand_run(_sgdm, lam, [1.0] * len(SCHEDULE))
+    model = _net()
+    inv, other = _split(model)
+    opt = _with_initial_lr(
+        torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.02, momentum=0.9, weight_decay=lam)
+    )
+    cwd = CorrectedWeightDecay(model, opt, reference_lr=reference_lr)
+    assert cwd.names == list(INVARIANT)
+    _train(model, opt, range(len(SCHEDULE)))
+    assert _max_rel_diff(model, ref) < 1e-5
+    assert _max_rel_diff(model, uncorrected) > 1e-2  # the comparison can tell λ_t from another decay
+    assert cwd.weight_decay[0] == pytest.approx(lam * _decay_factors(reference_lr)[-1], rel=1e-12)
+    assert opt.param_groups[1]["weight_decay"] == lam  # the other group is not touched
+    cwd.close()
+    assert opt.param_groups[0]["weight_decay"] == lam  # λ back
+
+
+@pytest.mark.parametrize("mixed", [True, False], ids=["one-group", "own-group"])
+@pytest.mark.parametrize("reference_lr", [None, 0.1])
+def test_adamw_matches_hand_written_float64_run(mixed: bool, reference_lr: float | None) -> None:
+    lam = 0.5  # large, so that λ_t matters within 30 steps
+    ref = _hand_run(_adamw, lam, _decay_factors(reference_lr))
+    plain = _hand_run(_adamw, lam, [1.0] * len(SCHEDULE))
+    model = _net()
+    inv, other = _split(model)
+    groups = model.parameters() if mixed else [{"params": inv}, {"params": other}]
+    opt = _with_initial_lr(torch.optim.AdamW(groups, lr=0.02, weight_decay=lam))
+    cwd = CorrectedWeightDecay(model, opt, reference_lr=reference_lr)
+    _train(model, opt, range(len(SCHEDULE)))
+    assert _max_rel_diff(model, ref) < 1e-5
+    assert _max_rel_diff(model, plain) > 1e-2
+    assert all(g["weight_decay"] == lam for g in opt.param_groups[1:])
+    assert (opt.param_groups[0]["weight_decay"] == lam) is mixed  # mixed: the group's own λ stays
+    cwd.close()
+
+
+def test_muon_follows_its_rule() -> None:
+    """Muon decays like AdamW (w·(1 − ηλ)); where smdyn.rules has no Muon rule it is refused clearly."""
+    model = _net()
+    inv, _ = _split(model)
+    opt = torch.optim.Muon(inv, lr=0.02, weight_decay=0.5)
+    if rule_for(opt, opt.param_groups[0]).family == "other":
+        with pytest.raises(TypeError, match="no known weight decay"):
+            CorrectedWeightDecay(list(zip(INVARIANT, inv, strict=True)), opt)
+        return
+    # Reference: the real torch Muon with λ_t written into the group by hand.
+    ref_model = _net()
+    ref_inv, _ = _split(ref_model)
+    ref_opt = torch.optim.Muon(ref_inv, lr=0.02, weight_decay=0.5)
+    CorrectedWeightDecay(list(zip(INVARIANT, inv, strict=True)), opt)
+    factors = _decay_factors(None)
+    for t, lr in enumerate(SCHEDULE):
+        for o, m in ((opt, model), (ref_opt, ref_model)):
+            o.param_groups[0]["lr"] = lr
+            if o is ref_opt:
+                o.param_groups[0]["weight_decay"] = 0.5 * factors[t]
+            o.zero_grad()
+            _loss(m, t).backward()
+            o.step()
+    for a, b in zip(inv, ref_inv, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_is_bit_identical(optimizer: str) -> None:
+    def build() -> tuple[nn.Module, torch.optim.Optimizer, sch.LRScheduler, CorrectedWeightDecay]:
+        model = _net()
+        if optimizer == "sgd":
+            inv, other = _split(model)
+            groups = [{"params": inv}, {"params": other}]
+            opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=0.05)
+        else:
+            opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+        sched = sch.LambdaLR(opt, lambda t: SCHEDULE[t] / 0.1)
+        return model, opt, sched, CorrectedWeightDecay(model, opt)
+
+    def run(model: nn.Module, opt: torch.optim.Optimizer, sched: sch.LRScheduler, steps: range) -> None:
+        for t in steps:
+            opt.zero_grad()
+            _loss(model, t).backward()
+            opt.step()
+            sched.step()
+
+    n, m = 12, 14  # the save falls after the peak and before the restart
+    model, opt, sched, cwd = build()
+    run(model, opt, sched, range(n))
+    saved = [x.state_dict() for x in (model, opt, sched, cwd)]
+    saved = torch.utils._pytree.tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, saved)
+    run(model, opt, sched, range(n, n + m))
+
+    model2, opt2, sched2, cwd2 = build()
+    for obj, state in zip((model2, opt2, sched2, cwd2), saved, strict=True):
+        obj.load_state_dict(state)
+    run(model2, opt2, sched2, range(n, n + m))
+    for (name, a), b in zip(model.named_parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert cwd2.state_dict() == cwd.state_dict()
+
+    model3, opt3, sched3, _ = build()  # without the control's state: η_max restarts at the resume lr
+    for obj, state in zip((model3, opt3, sched3), saved[:3], strict=True):
+        obj.load_state_dict(state)
+    run(model3, opt3, sched3, range(n, n + m))
+    assert not all(torch.equal(a, b) for a, b in zip(model.parameters(), model3.parameters(), strict=True))
+
+
+def test_warm_up_never_inflates_decay() -> None:
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.0, momentum=0.9, weight_decay=0.05)
+    cwd = CorrectedWeightDecay(model, opt)
+    seen = []
+    for t, lr in enumerate([0.0, 0.01, 0.05, 0.1, 0.05, 0.1, 0.02]):
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        _loss(model, t).backward()
+        opt.step()
+        seen.append(cwd.weight_decay[0])
+    assert seen == pytest.approx([0.05, 0.05, 0.05, 0.05, 0.025, 0.05, 0.01], rel=1e-12)
+
+
+def test_a_weight_decay_set_by_hand_becomes_the_new_base() -> None:
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.1, weight_decay=0.05)
+    cwd = CorrectedWeightDecay(model, opt)
+    for t, (lr, wd) in enumerate([(0.1, None), (0.05, None), (0.05, 0.2), (0.025, None)]):
+        opt.param_groups[0]["lr"] = lr
+        if wd is not None:
+            opt.param_groups[0]["weight_decay"] = wd
+        opt.zero_grad()
+        _loss(model, t).backward()
+        opt.step()
+    assert cwd.weight_decay[0] == pytest.approx(0.2 * 0.25)
+    cwd.close()
+    assert opt.param_groups[0]["weight_decay"] == 0.2
+
+
+def test_refuses_sgd_group_mixing_invariant_and_other_weights() -> None:
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.05)
+    with pytest.raises(ValueError, match=r"param group 0 .* coupled .* param group\s+of their own"):
+        CorrectedWeightDecay(model, opt)
+
+
+def test_refuses_optimizers_without_known_decay() -> None:
+    model = _net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1, weight_decay=0.05)  # L2 through Adam's normalisation
+    with pytest.raises(TypeError, match="param group 0: Adam has no known weight decay"):
+        CorrectedWeightDecay(model, opt)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"reference_lr": 0.0}, ValueError, "reference_lr must be a positive"),
+        ({"reference_lr": math.inf}, ValueError, "reference_lr must be a positive"),
+        ({"reference_lr": True}, ValueError, "reference_lr must be a positive"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    with pytest.raises(error, match=match):
+        CorrectedWeightDecay(model, opt, **kwargs)
+
+
+def test_bad_params() -> None:
+    model = _net()
+    inv, _ = _split(model)
+    opt = torch.optim.AdamW(inv, lr=0.1)
+    with pytest.raises(ValueError, match="listed twice"):
+        CorrectedWeightDecay([inv[0], inv[0]], opt)
+    with pytest.raises(TypeError, match="expected a parameter"):
+        CorrectedWeightDecay(["0.weight"], opt)
+    with pytest.raises(ValueError, match="not in the optimizer"):
+        CorrectedWeightDecay([("head", model[6].weight)], opt)
+    with pytest.raises(ValueError, match="no scale-invariant weight that this optimizer trains"):
+        CorrectedWeightDecay(model, torch.optim.AdamW(model[6].parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("first", ["rescaler", "corrected"])
+def test_refused_together_with_rescaler(first: str) -> None:
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.1, momentum=0.9, weight_decay=0.05)
+    make = {
+        "rescaler": lambda: Rescaler(opt, model=model),
+        "corrected": lambda: CorrectedWeightDecay(model, opt),
+    }
+    held = make[first]()
+    second = "corrected" if first == "rescaler" else "rescaler"
+    theirs = "Rescaler" if first == "rescaler" else "CorrectedWeightDecay"
+    with pytest.raises(ValueError, match=rf"already controlled by smdyn\.{theirs}.*work against each other"):
+        make[second]()
+    held.close()
+    make[second]().close()  # allowed once the first is closed
+
+
+def test_never_raises_in_training_and_goes_idle() -> None:
+    model = _net()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    cwd = CorrectedWeightDecay(model, opt)
+    opt.param_groups[0]["weight_decay"] = 20.0  # lr·λ = 2: the exact decoupled correction is impossible
+    _loss(model, 0).backward()
+    with pytest.warns(RuntimeWarning, match="idle from now on"):
+        opt.step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # idle: no second warning
+    assert cwd.step == 0
+
+
+def test_invalid_lr_is_skipped_with_one_warning() -> None:
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.1, weight_decay=0.05)
+    cwd = CorrectedWeightDecay(model, opt, hook=False)
+    cwd.before_step()
+    opt.param_groups[0]["lr"] = math.nan
+    with pytest.warns(RuntimeWarning, match="lr nan"):
+        cwd.before_step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cwd.before_step()
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+    assert cwd.step == 3
+
+
+def test_marks_follow_every_holder() -> None:
+    """Two Rescalers may share weights (as before); while either is open corrected decay is refused there,
+    and a second CorrectedWeightDecay on the same weights is refused too."""
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.1, momentum=0.9, weight_decay=0.05)
+    first, second = Rescaler(opt, model=model), Rescaler(opt, model=model)
+    first.close()
+    with pytest.raises(ValueError, match=r"already controlled by smdyn\.Rescaler"):
+        CorrectedWeightDecay(model, opt)
+    second.close()
+    cwd = CorrectedWeightDecay(model, opt)
+    with pytest.raises(ValueError, match="a second CorrectedWeightDecay"):
+        CorrectedWeightDecay(model, opt)
+    cwd.close()
+    CorrectedWeightDecay(model, opt).close()
