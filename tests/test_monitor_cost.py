@@ -76,3 +76,19 @@ def test_unrecorded_steps_dispatch_nothing() -> None:
     mon.close()
     bare = _step_ops(model, opt)
     assert sum(monitored.values()) == sum(bare.values())
+
+
+def test_buffered_records_hold_rows_not_copies_of_the_weights() -> None:
+    """Between flushes a pending record keeps only its rows: a snapshot kept per buffered step would cost
+    flush_every copies of every weight (AdamW measures from snapshots)."""
+    model, opt, mon = _setup("adamw", blocks=3)
+    for _ in range(5):
+        _step_ops(model, opt)
+    pending = mon._pending
+    assert len(pending) == 5
+    weights = sum(p.numel() for p in model.parameters())
+    for _, _, m in pending:
+        assert not m.needs_after
+        held = sum(b.numel() for b in m.blocks)
+        assert held < weights / 10  # rows of 14 numbers per weight, not the weights themselves
+    mon.close()
