@@ -32,7 +32,16 @@ from smdyn.monitor import COLUMNS
 _METRIC_COLUMNS = tuple(
     c
     for c in COLUMNS
-    if c not in ("effective_lr", "grad_cosine", "unmoved_fraction", "l_estimate", "reason_code")
+    if c
+    not in (
+        "effective_lr",
+        "grad_cosine",
+        "unmoved_fraction",
+        "l_estimate",
+        "reason_code",
+        "grad_to_weight_ratio",
+        "theory_grad_to_weight_ratio",
+    )
 )
 _TRAIN_COLUMNS = ("step", "epoch", "lr", "loss", "accuracy", "test_loss", "test_accuracy")
 _LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight")

@@ -22,7 +22,16 @@ from smdyn.sinks import read_metrics as sinks_read_metrics
 _COLUMNS = tuple(
     c
     for c in COLUMNS
-    if c not in ("effective_lr", "grad_cosine", "unmoved_fraction", "l_estimate", "reason_code")
+    if c
+    not in (
+        "effective_lr",
+        "grad_cosine",
+        "unmoved_fraction",
+        "l_estimate",
+        "reason_code",
+        "grad_to_weight_ratio",
+        "theory_grad_to_weight_ratio",
+    )
 )
 
 

@@ -156,8 +156,9 @@ def _exponent_for(optimizer: torch.optim.Optimizer) -> float:
     if bad:
         raise TypeError(
             f"optimizer: {type(optimizer).__name__} has no derived equilibrium law for rescaling ({bad[0]}); "
-            "supported are torch.optim.SGD (weights × r^¼), torch.optim.AdamW and "
-            "Adam(decoupled_weight_decay=True) (weights × r^½), or a rule registered with smdyn.rules"
+            "supported are torch.optim.SGD (weights × r^¼), torch.optim.AdamW, "
+            "Adam/RAdam(decoupled_weight_decay=True), torch.optim.Muon and Lion via smdyn.rules.lion_rule "
+            "(weights × r^½), or a rule registered with smdyn.rules"
         )
     if len({(exp, family) for exp, family, _ in found}) > 1:
         raise TypeError("optimizer: its param groups follow update rules with different equilibrium laws")

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from smdyn import _decorrelation as _decor
+
 __all__ = [
     "adamw_angular_update",
     "adamw_weight_norm",
@@ -34,7 +36,13 @@ __all__ = [
     "approach_factor",
     "contraction_factor",
     "lion_angular_update",
+    "lion_decorrelation",
     "lion_weight_norm",
+    "muon_adjusted_lr",
+    "muon_angular_update",
+    "muon_decorrelation",
+    "muon_update_norm",
+    "muon_weight_norm",
     "rescale_factor",
     "sgd_angular_update",
     "sgd_filter_sums",
@@ -497,67 +505,225 @@ def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: Arr
     return _out(np.where(lam > 0, w, np.inf), scalar)
 
 
-def _lion_k(b1: NDArray[np.float64], b2: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Variance of Lion's interpolated momentum c_t relative to the gradient's: (1−β₁)² + β₁²(1−β₂)/(1+β₂)."""
-    return (1.0 - b1) ** 2 + b1**2 * (1.0 - b2) / (1.0 + b2)
+def _decayed(lr: ArrayLike, wd: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(η, λ) validated for a decoupled decay w ← (1 − ηλ)w, which needs ηλ < 1."""
+    eta, lam = _lr(lr), _wd(wd)
+    _require(eta * lam < 1, "lr * wd", eta * lam, "< 1 (the decay factor 1 − lr·wd must stay positive)")
+    return eta, lam
+
+
+def _rotational(
+    eta: NDArray[np.float64],
+    lam: NDArray[np.float64],
+    r_of: Callable[..., float],
+    *params: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(Δ*, R_a/(1 − a²)) per element, a = 1 − ηλ; R_a = r_of(a, *params) (docs/design.md §6)."""
+    shape = np.broadcast_shapes(eta.shape, lam.shape, *(p.shape for p in params))
+    flat = [np.broadcast_to(x, shape).ravel() for x in (eta, lam, *params)]
+    delta, growth = np.zeros(flat[0].size), np.full(flat[0].size, np.inf)
+    for i in range(flat[0].size):
+        if flat[1][i] > 0:
+            a = 1.0 - flat[0][i] * flat[1][i]
+            r_a = r_of(a, *(float(p[i]) for p in flat[2:]))
+            delta[i] = _decor.radial_corrected_angle(a, r_a)
+            growth[i] = r_a / (1.0 - a * a)
+    return delta.reshape(shape), growth.reshape(shape)
+
+
+def _lion_r(a: float, b1: float, b2: float) -> float:
+    return _decor.integrated_autocorrelation(*_decor.lion_lags(b1, b2), a, _decor.arcsine)
+
+
+def lion_decorrelation(beta1: float = 0.9, beta2: float = 0.99, decay: float = 0.0) -> float:
+    """R_a = 1 + 2Σ_j (1−ηλ)^j·(2/π)arcsin(r_j): Lion's integrated autocorrelation of sign(c_t).
+
+    r_j is the correlation of c_t with c_{t−j} (a linear filter of the gradients); sign of jointly Gaussian
+    variables has correlation (2/π)·arcsin(r) (Van Vleck), exact for Gaussian gradient noise. ``decay`` =
+    ηλ weights lag j by (1 − ηλ)^j (0: the small-ηλ limit).
+    """
+    b1, b2 = float(_beta(beta1, "beta1")), float(_beta(beta2, "beta2"))
+    d = float(_as_float_array("decay", decay))
+    _require(np.asarray(0 <= d < 1), "decay", d, "in [0, 1)")
+    return _lion_r(1.0 - d, b1, b2)
 
 
 def lion_angular_update(
     lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99
 ) -> FloatOrArray:
-    """Expected equilibrium angular update of Lion: √(πηλ((1−β₁)² + β₁²(1−β₂)/(1+β₂))).
+    """Equilibrium angular update of Lion: Δ* ≈ √((1 − a²)/R_a) ≈ √(2ηλ/R), a = 1 − ηλ.
 
-    Kosson et al., "Rotational Equilibrium: How Weight Decay Balances Learning Across Neural Networks"
-    (ICML 2024, arXiv 2305.17212): the equilibrium of its random-walk model (as in the authors'
-    code, github.com/epfml/req). Update rule of Lion (Chen et al., arXiv 2302.06675):
-    c_t = β₁m_{t-1} + (1−β₁)g_t, w ← w − η(sign(c_t) + λw), m_t = β₂m_{t-1} + (1−β₂)g_t. Random-walk
-    assumptions: zero-mean Gaussian gradient noise independent of the weight, sign(c) replaced by its
-    linear part √(2/π)·c/std(c), and λη ≪ 1 − β₂ (at the default betas and λη = 1e-3 the norm is already
-    ~4% lower than this predicts). The sign's non-linear remainder is neglected: it adds a fraction
-    (π/2 − 1)·K of the modelled growth of ‖w‖² per step, ≈1% at the default betas, but at β₁ = 0
-    (signSGD, K = 1) it makes the true norm √(π/2) ≈ 1.25× the value of :func:`lion_weight_norm`. Use
-    these forms with β₁ near 1.
+    Rotational equilibrium of Kosson et al. (ICML 2024, arXiv 2305.17212) and Wen et al. 2026 (Hyperball,
+    arXiv 2606.16899) for a step of fixed norm √C: w_t = −ηΣa^k u_{t−1−k} gives ‖w‖² = η²C·R_a/(1 − a²) with
+    R_a from :func:`lion_decorrelation` (the arcsine law for sign(c)). Kosson et al.'s √(πηλK),
+    K = (1−β₁)² + β₁²(1−β₂)/(1+β₂), linearises sign(c) ≈ √(2/π)c/σ and drops its white remainder: it is
+    R = 2/(πK) instead of 1 + 2Σ(2/π)arcsin(r_j): its Δ* is 25% high at β₁ = 0, 3% at (0.8, 0.9) and
+    0.7% at (0.9, 0.99). The step's radial part is kept (:mod:`smdyn._decorrelation`). Update rule
+    (Chen et al., arXiv 2302.06675):
+    c_t = β₁m + (1−β₁)g_t, w ← w(1 − ηλ) − η·sign(c_t), m ← β₂m + (1−β₂)g_t. Assumes gradients that are
+    Gaussian noise independent between steps and of the weight (a scale-invariant weight's, in equilibrium).
 
     Args:
         lr: learning rate η (> 0).
-        wd: decoupled weight decay λ (>= 0), in Lion's convention (multiplied by η).
+        wd: decoupled weight decay λ (>= 0), in Lion's convention (multiplied by η); ηλ < 1.
         beta1: interpolation coefficient β₁ in [0, 1).
         beta2: momentum coefficient β₂ in [0, 1).
 
     Returns:
-        The expected angle per step in radians; 0.0 where ``wd == 0``.
+        The angle per step in radians (the RMS over steps); 0.0 where ``wd == 0``.
     """
     scalar = _is_scalar(lr, wd, beta1, beta2)
-    eta, lam = _lr(lr), _wd(wd)
+    eta, lam = _decayed(lr, wd)
     b1, b2 = _beta(beta1, "beta1"), _beta(beta2, "beta2")
-    return _out(np.sqrt(np.pi * eta * lam * _lion_k(b1, b2)), scalar)
+    return _out(_rotational(eta, lam, _lion_r, b1, b2)[0], scalar)
 
 
 def lion_weight_norm(
     lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: ArrayLike = 0.9, beta2: ArrayLike = 0.99
 ) -> FloatOrArray:
-    """Expected equilibrium norm of a weight trained by Lion: √(ηC/(πλK)), K = (1−β₁)² + β₁²(1−β₂)/(1+β₂).
+    """Equilibrium norm of a weight trained by Lion: η·√(C·R_a/(1 − a²)) ≈ η√(CR/(2ηλ)), a = 1 − ηλ.
 
-    Kosson et al. (ICML 2024, arXiv 2305.17212), same assumptions as
-    :func:`lion_angular_update`; the two are tied by η_r = η√C/ŵ since every Lion update has norm √C.
-    Independent of the gradient's scale (the sign discards it).
-
-    Args:
-        lr: learning rate η (> 0).
-        wd: decoupled weight decay λ (>= 0).
-        numel: C, the number of elements, a whole number >= 1.
-        beta1: interpolation coefficient β₁ in [0, 1).
-        beta2: momentum coefficient β₂ in [0, 1).
+    Same derivation and assumptions as :func:`lion_angular_update`; every Lion step has norm √C (C the
+    element count), so the norm does not depend on the gradient's scale.
 
     Returns:
         The equilibrium norm; ``inf`` where ``wd == 0``.
     """
     scalar = _is_scalar(lr, wd, numel, beta1, beta2)
-    eta, lam, c = _lr(lr), _wd(wd), _numel(numel)
-    b1, b2 = _beta(beta1, "beta1"), _beta(beta2, "beta2")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        w = np.sqrt(eta * c / (np.pi * np.where(lam > 0, lam, 1.0) * _lion_k(b1, b2)))
-    return _out(np.where(lam > 0, w, np.inf), scalar)
+    eta, lam = _decayed(lr, wd)
+    c, b1, b2 = _numel(numel), _beta(beta1, "beta1"), _beta(beta2, "beta2")
+    growth = _rotational(eta, lam, _lion_r, b1, b2)[1]
+    return _out(eta * np.sqrt(c * growth), scalar)
+
+
+# --------------------------------------------------------------------------------------------------
+# Muon (torch.optim.Muon): rotational equilibrium with a decorrelating orthogonalisation
+
+
+def _shape(shape: Any) -> tuple[int, int]:
+    try:
+        dims = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be two whole numbers >= 1, got {shape!r}") from None
+    if len(dims) != 2 or min(dims) < 1 or any(d != float(x) for d, x in zip(dims, shape, strict=True)):
+        raise ValueError(f"shape must be two whole numbers >= 1 (a 2-D weight), got {shape!r}")
+    return dims
+
+
+def _muon_r(shape: tuple[int, int], nesterov: bool, ns: tuple[tuple[float, float, float], int]) -> Any:
+    f = _decor.ns_correlation(shape, *ns)
+    lags = _decor.nesterov_lags if nesterov else _decor.heavy_ball_lags
+    return lambda a, mu: _decor.integrated_autocorrelation(*lags(mu), a, f)
+
+
+def muon_decorrelation(
+    shape: Any,
+    momentum: float = 0.95,
+    nesterov: bool = True,
+    decay: float = 0.0,
+    ns_coefficients: tuple[float, float, float] = _decor.NS_COEFFICIENTS,
+    ns_steps: int = _decor.NS_STEPS,
+) -> float:
+    """R_a = 1 + 2Σ_j (1−ηλ)^j f(r_j): the integrated autocorrelation of Muon's orthogonalised step.
+
+    The momentum matrices M_t, M_{t−j} are jointly Gaussian with element correlation r_j (the filter's), so
+    the steps' correlation is f(r_j), f the correlation map of Newton–Schulz for this aspect ratio:
+    tabulated once per (reduced shape, coefficients) by a fixed-seed Monte Carlo (shorter side reduced to
+    64, aspect ratio kept; see :mod:`smdyn._decorrelation`). NS decorrelates: at 32×32, R = 24.0 for
+    μ = 0.95 Nesterov and 14.2 for μ = 0.9 heavy ball, against 32.9 and 19 for a linear map. R depends on
+    the aspect ratio (32×128: 30.5) and a little on the size (square 16: 25.4, 64: 23.2).
+    """
+    mu = float(_beta(momentum, "momentum"))
+    d = float(_as_float_array("decay", decay))
+    _require(np.asarray(0 <= d < 1), "decay", d, "in [0, 1)")
+    return float(_muon_r(_shape(shape), bool(nesterov), (tuple(ns_coefficients), int(ns_steps)))(1.0 - d, mu))
+
+
+def muon_update_norm(
+    shape: Any,
+    ns_coefficients: tuple[float, float, float] = _decor.NS_COEFFICIENTS,
+    ns_steps: int = _decor.NS_STEPS,
+) -> float:
+    """U = √E‖NS(M)‖_F for a Gaussian momentum M: Newton–Schulz's singular values are not 1.
+
+    ≈ √min(A, B)·s̄ with s̄² the mean square of the iterated NS polynomial over the Marchenko–Pastur
+    singular values of M/‖M‖_F: 0.88·√32 at 32×32, 0.85·√128 at 32×128. Exact for exact msign: √min(A, B).
+    """
+    return math.sqrt(_decor.ns_update_norm_sq(_shape(shape), tuple(ns_coefficients), int(ns_steps)))
+
+
+def muon_adjusted_lr(lr: ArrayLike, shape: Any, adjust_lr_fn: str | None = None) -> FloatOrArray:
+    """torch.optim.Muon's rate for the orthogonalised step: η·√max(1, A/B) (None, "original") or
+    η·0.2·√max(A, B) ("match_rms_adamw"). The decay uses η itself."""
+    scalar = _is_scalar(lr)
+    a, b = _shape(shape)
+    if adjust_lr_fn in (None, "original"):
+        ratio = math.sqrt(max(1.0, a / b))
+    elif adjust_lr_fn == "match_rms_adamw":
+        ratio = 0.2 * math.sqrt(max(a, b))
+    else:
+        raise ValueError(f"adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+    return _out(_lr(lr) * ratio, scalar)
+
+
+def muon_angular_update(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    shape: Any,
+    momentum: ArrayLike = 0.95,
+    nesterov: bool = True,
+    ns_coefficients: tuple[float, float, float] = _decor.NS_COEFFICIENTS,
+    ns_steps: int = _decor.NS_STEPS,
+) -> FloatOrArray:
+    """Equilibrium angular update of ``torch.optim.Muon``: Δ* ≈ √((1 − a²)/R_a) ≈ √(2ηλ/R), a = 1 − ηλ.
+
+    Rotational equilibrium (Kosson et al., ICML 2024, arXiv 2305.17212; Wen et al. 2026, "Hyperball",
+    arXiv 2606.16899, whose ‖W∞‖ ≈ ηU√((1+aβ)/((1−a²)(1−aβ))) is the linear-map case): Muon decays
+    w ← (1 − ηλ)w and steps by η'·O_t, O_t = NS(M_t), so w_t = −η'Σa^k O_{t−1−k}, ‖w*‖² = η'²U²R_a/(1 − a²)
+    and the step's angle is η'U/‖w*‖: independent of the adjusted rate η' and of U. R_a is
+    :func:`muon_decorrelation`; the step's radial part is kept. Assumes gradients that are noise
+    independent between steps and of the weight (a scale-invariant weight in equilibrium), and a 2-D
+    weight of this shape. Checked against ``torch.optim.Muon`` in ``tests/test_rule_registry.py``.
+
+    Args:
+        lr: learning rate η (> 0); wd: weight decay λ (>= 0), ηλ < 1.
+        shape: the weight's (A, B).
+        momentum: μ in [0, 1); nesterov: Muon's default True.
+        ns_coefficients, ns_steps: the Newton–Schulz settings of the optimizer.
+
+    Returns:
+        The angle per step in radians (the RMS over steps); 0.0 where ``wd == 0``.
+    """
+    scalar = _is_scalar(lr, wd, momentum)
+    eta, lam = _decayed(lr, wd)
+    mu = _beta(momentum, "momentum")
+    r_of = _muon_r(_shape(shape), bool(nesterov), (tuple(ns_coefficients), int(ns_steps)))
+    return _out(_rotational(eta, lam, r_of, mu)[0], scalar)
+
+
+def muon_weight_norm(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    shape: Any,
+    momentum: ArrayLike = 0.95,
+    nesterov: bool = True,
+    adjust_lr_fn: str | None = None,
+    ns_coefficients: tuple[float, float, float] = _decor.NS_COEFFICIENTS,
+    ns_steps: int = _decor.NS_STEPS,
+) -> FloatOrArray:
+    """Equilibrium norm under ``torch.optim.Muon``: η'·U·√(R_a/(1 − a²)) ∝ √η (η' the adjusted rate).
+
+    Same derivation and assumptions as :func:`muon_angular_update`; U from :func:`muon_update_norm`
+    (Gaussian momentum: the norm needs no gradient statistics). ``inf`` where ``wd == 0``.
+    """
+    scalar = _is_scalar(lr, wd, momentum)
+    eta, lam = _decayed(lr, wd)
+    mu = _beta(momentum, "momentum")
+    dims = _shape(shape)
+    ns = (tuple(ns_coefficients), int(ns_steps))
+    growth = _rotational(eta, lam, _muon_r(dims, bool(nesterov), ns), mu)[1]
+    step = np.asarray(muon_adjusted_lr(eta, dims, adjust_lr_fn)) * muon_update_norm(dims, *ns)
+    return _out(step * np.sqrt(growth), scalar)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smdyn.experiments._io import atomic_write_json, atomic_write_text, load_toml
-from smdyn.monitor.columns import COLLAPSE, COLUMNS, HPARAMS, THEORY
+from smdyn.monitor.columns import COLLAPSE, COLUMNS, HPARAMS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,7 +93,8 @@ _FLOAT_COLUMNS = (
     "angular_update",
     "angular_update_rms",
     "angular_update_mean",
-    *THEORY,
+    "theory_angular_update",
+    "theory_weight_norm",
 )
 assert set(_FLOAT_COLUMNS) <= set(COLUMNS), "rundir reads a column the monitor does not write"
 _TEXT_COLUMNS = ("param", "reason", "reason_code")

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-__all__ = ["COLLAPSE", "COLUMNS", "HPARAMS", "METRICS", "REASONS", "THEORY", "WINDOWED"]
+__all__ = [
+    "COLLAPSE",
+    "COLUMNS",
+    "HPARAMS",
+    "METRICS",
+    "OUT_OF_EQUILIBRIUM",
+    "REASONS",
+    "THEORY",
+    "WINDOWED",
+]
 
 #: Hyper-parameters of the step, as the rule reads them from the param group.
 HPARAMS = ("lr", "wd", "momentum")
@@ -15,11 +24,12 @@ METRICS = (
     "effective_lr",
     "grad_cosine",
     "unmoved_fraction",
+    "grad_to_weight_ratio",
 )
 #: Trailing-window statistics (see ``windows``).
 WINDOWED = ("angular_update_rms", "angular_update_mean", "l_estimate")
 #: Theoretical values, where the rule's theory applies to the step (see ``verdict``).
-THEORY = ("theory_angular_update", "theory_weight_norm")
+THEORY = ("theory_angular_update", "theory_weight_norm", "theory_grad_to_weight_ratio")
 
 #: Columns of ``SphericalMonitor.history()`` and of every sink batch, in order.
 COLUMNS = (
@@ -37,10 +47,12 @@ COLUMNS = (
 
 #: The ``reason_code`` of a row whose unit gradient is collapsing (the one verdict experiments look for).
 COLLAPSE = "collapse"
+#: Codes that keep the theory columns: the theory applies, the weight is just not at its equilibrium.
+OUT_OF_EQUILIBRIUM = ("collapse", "rotation_excess", "schedule_lag")
 
 #: ``reason_code`` → the ``reason`` prose, in order of precedence (the first that applies is recorded).
 #: Codes up to ``nonfinite_grad`` make the measured numbers NaN; the later ones keep the measurements and
-#: only withhold the theory (``collapse`` keeps the theory too: it is the comparison that fails).
+#: only withhold the theory (``OUT_OF_EQUILIBRIUM`` codes keep the theory too: the comparison fails).
 REASONS = {
     "frozen": "frozen parameter (requires_grad=False)",
     "not_in_optimizer": "parameter is not in the optimizer's param groups",
@@ -61,6 +73,14 @@ REASONS = {
     "collapse": (
         "RMS Δ/Δ* far below 1 long after the last hyper-parameter change: the unit gradient is collapsing "
         "(memorised data?), so the equilibrium theory does not apply"
+    ),
+    "rotation_excess": (
+        "RMS Δ/Δ* far above 1 early in training: the norm has not yet grown to its equilibrium, so the "
+        "weight rotates faster than the rule's steady state (what warm-up is for; Kosson et al. 2024)"
+    ),
+    "schedule_lag": (
+        "RMS Δ/Δ* far below 1 while the lr is below its peak: the norm lags the decaying schedule, so "
+        "‖g‖/‖w‖ rises (Defazio et al. 2025)"
     ),
     "internal": "smdyn could not compute this row (an internal error; see the warning)",
 }

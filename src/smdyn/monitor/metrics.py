@@ -94,4 +94,5 @@ def unit_metrics(
             "effective_lr": np.where(ww > 0, lr[:, None] / ww, np.nan),
             "grad_cosine": wg / np.sqrt(ww * gg),
             "unmoved_fraction": unmoved,
+            "grad_to_weight_ratio": np.sqrt(gg / ww),
         }

@@ -8,13 +8,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from smdyn.monitor import metrics, verdict
-from smdyn.monitor.columns import COLUMNS, HPARAMS, MEASUREMENT_LOST, METRICS, REASONS, WINDOWED
+from smdyn.monitor.columns import (
+    COLUMNS,
+    HPARAMS,
+    MEASUREMENT_LOST,
+    METRICS,
+    OUT_OF_EQUILIBRIUM,
+    REASONS,
+    WINDOWED,
+)
 from smdyn.monitor.measure import I
 from smdyn.monitor.units import Unit
-from smdyn.monitor.windows import Windows
+from smdyn.monitor.windows import RESTART, Windows
 from smdyn.rules import Coefficients, Rule
 
 _NAN3 = (math.nan, math.nan, math.nan)
+_TRANSIENT_SAMPLES = 8  # Δ samples in the window before a transient (rotation excess, schedule lag) is named
 # Metrics that need the step's gradient or update: NaN when the measurement is lost.
 _LOST_METRICS = tuple(m for m in METRICS if m not in ("weight_norm", "effective_lr"))
 
@@ -87,7 +96,8 @@ def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict
         "ell": np.where(use_h, m["h_tilde"], m["unit_grad_sq"]),
         "star": np.broadcast_to(th["angular_update"][:, None], shape),
         "relax": np.broadcast_to(th["relaxation_steps"][:, None], shape),
-        "adamw_norm": np.broadcast_to(th["adamw_weight_norm"][:, None], shape),
+        "norm_star": np.broadcast_to(th["weight_norm"][:, None], shape),
+        "grad_ratio_star": np.broadcast_to(th["grad_to_weight_ratio"][:, None], shape),
         "heavy_ball": np.broadcast_to(heavy_ball[:, None], shape),
         "rule": np.broadcast_to(_objects(rules)[:, None], shape),
         "code": code,
@@ -104,11 +114,11 @@ def build(
         parts, start = _unit_rows(u, raw, start)
         blocks.append(_unit_block(u, parts, [m[ui] for m in meta]))
     c = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]}
-    win = windows.advance(c["hparams"], c["angular_update"], c["ell"])
+    win = windows.advance(c["hparams"], c["angular_update"], c["ell"], c["star"])
     lr, wd, mom = c["hparams"][..., 0], c["hparams"][..., 1], c["hparams"][..., 2]
     code, prose = c["code"], c["prose"]
     with np.errstate(invalid="ignore", divide="ignore"):
-        norm_star = c["adamw_norm"].copy()
+        norm_star = c["norm_star"].copy()
         L = win["l_estimate"]
         ok = c["heavy_ball"] & (code == "") & (L > 0) & np.isfinite(L) & (lr * wd < 2 * (1 + mom))
         for rule in dict.fromkeys(c["rule"][ok]):  # the heavy-ball family's w* comes from L
@@ -117,9 +127,15 @@ def build(
         ratio = win["angular_update_rms"] / c["star"]
         full = win["count"] >= layout.window
         late = win["since"] * layout.stride > 3 * c["relax"]
-        collapsed = verdict.mark_collapse(code, prose, ratio, full, late, c["heavy_ball"], layout.tol)
+        verdict.mark_collapse(code, prose, ratio, full, late, c["heavy_ball"], layout.tol)
+        early = steps[:, None] < 3 * c["relax"]
+        decayed = lr < (1 - RESTART) * win["lr_peak"]
+        # Transients are judged on the moving average of (Δ/Δ*)², which follows a continuous schedule (the Δ
+        # window restarts at every 5% of lr change); Δ of a weight with n elements scatters by ~1/√n a step.
+        enough = win["ratio_count"] >= _TRANSIENT_SAMPLES
+        verdict.mark_transients(code, prose, win["ratio_ema"], enough, early, decayed, layout.tol)
         eq = full & (code == "") & (np.abs(ratio - 1) <= layout.tol)
-    has_theory = (code == "") | collapsed
+    has_theory = (code == "") | np.isin(code, OUT_OF_EQUILIBRIUM)
     nrows = code.shape[1]
     out = {
         "step": np.repeat(steps, nrows),
@@ -130,6 +146,7 @@ def build(
         **{k: win[k] for k in WINDOWED},
         "theory_angular_update": np.where(has_theory, c["star"], np.nan),
         "theory_weight_norm": np.where(has_theory, norm_star, np.nan),
+        "theory_grad_to_weight_ratio": np.where(has_theory, c["grad_ratio_star"], np.nan),
         "in_equilibrium": eq,
         "reason_code": code,
         "reason": prose,

@@ -23,9 +23,11 @@ _BELOW_RESOLUTION = 0.5  # fraction of elements that did not move beyond which t
 def step_theory(
     rules: Sequence[Rule], lr: np.ndarray, wd: np.ndarray, mom: np.ndarray, row_numel: int
 ) -> dict[str, np.ndarray]:
-    """Per step: Δ*, the AdamW norm w*, the norm's relaxation time, and the theory's reason code and prose."""
+    """Per step: Δ*, w* of decoupled rules (the sgd family's needs L: ``records``), the norm's relaxation
+    time, the steady-state ‖g‖/‖w‖ (sgd family), and the theory's reason code and prose."""
     n = len(lr)
-    star, relax, adamw = np.full(n, np.nan), np.full(n, np.inf), np.full(n, np.nan)
+    star, relax, norm = np.full(n, np.nan), np.full(n, np.inf), np.full(n, np.nan)
+    grad_ratio = np.full(n, np.nan)
     code = np.full(n, "", dtype=object)
     note = np.full(n, "", dtype=object)
     has = np.array([r.theory for r in rules], dtype=bool)
@@ -42,15 +44,49 @@ def step_theory(
         sel = ok & np.array([r == rule for r in rules])
         star[sel] = rule.angular_update(lr[sel], wd[sel], mom[sel])
         relax[sel] = rule.relaxation_steps(lr[sel], wd[sel], mom[sel])
-        if rule.family == "adamw":
-            adamw[sel] = theory.adamw_weight_norm(lr[sel], wd[sel], row_numel, mom[sel])
+        if rule.family == "sgd":  # w* needs L, estimated from the gradients (records.build)
+            grad_ratio[sel] = sgd_grad_to_weight_ratio(rule, lr[sel], wd[sel], mom[sel])
+        else:  # decoupled rules: w* from the update's own size (AdamW, Lion, Muon), NaN where not derived
+            norm[sel] = rule.equilibrium_norm(lr[sel], wd[sel], mom[sel], row_numel)
     return {
         "angular_update": star,
         "relaxation_steps": relax,
-        "adamw_weight_norm": adamw,
+        "weight_norm": norm,
+        "grad_to_weight_ratio": grad_ratio,
         "code": code,
         "note": note,
     }
+
+
+def sgd_grad_to_weight_ratio(rule: Rule, lr: np.ndarray, wd: np.ndarray, mom: np.ndarray) -> np.ndarray:
+    """Steady-state ‖g‖/‖w‖ of a scale-invariant weight under ``torch.optim.SGD``: √(2λ/(ηC)).
+
+    ‖g‖ = ‖g̃‖/‖w‖ (Lemma 1), and at the equilibrium norm (w*)⁴ = ηLC/(2λ) with L = E‖g̃‖² and C the sum
+    of the filter from gradients to steps (1/(1−α) for heavy ball), so (‖g‖/‖w‖)² = L/(w*)⁴ = 2λ/(ηC),
+    whatever the gradients' size. For heavy ball it assumes successive gradients uncorrelated (h̃ ≈ ‖g̃‖²).
+    Under a decaying η the steady state itself rises as η^-½ (Defazio et al. 2025).
+    """
+    c_sum, _ = theory.sgd_filter_sums(mom, rule.dampening, rule.nesterov)
+    return np.sqrt(2.0 * wd / (lr * c_sum))
+
+
+def mark_transients(
+    code: np.ndarray,
+    prose: np.ndarray,
+    ratio: np.ndarray,
+    enough: np.ndarray,
+    early: np.ndarray,
+    decayed: np.ndarray,
+    tol: float,
+) -> None:
+    """Flag rows far from equilibrium for a known reason (in place): rotating far above it early in training
+    (``rotation_excess``) or far below it while the lr decays (``schedule_lag``). Both keep the theory."""
+    with np.errstate(invalid="ignore"):
+        excess = enough & (code == "") & early & (ratio > 1 + 2 * tol)
+        lag = enough & (code == "") & decayed & (ratio < 1 - 2 * tol)
+    for mask, key in ((excess, "rotation_excess"), (lag, "schedule_lag")):
+        code[mask] = key
+        prose[mask] = REASONS[key]
 
 
 def row_reasons(
