@@ -72,6 +72,10 @@ def _count(low: int) -> Callable[[str], int]:
 
 
 def _theory(args: argparse.Namespace) -> int:
+    if args.optimizer is not None:
+        from smdyn import theory_cli
+
+        return theory_cli.run(args)
     try:
         values = theory.summary(args.lr, args.wd, args.momentum, L=args.L, drop=args.drop)
     except ValueError as exc:
@@ -151,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=0.0, help="momentum α (0 for plain SGD)")
     p.add_argument("--L", type=_positive, default=None, help="E‖g̃‖² (SGD) or E h̃ (SGDM), for w*")
     p.add_argument("--drop", type=_drop_factor, default=None, help="a learning-rate drop factor k > 1")
+    from smdyn import theory_cli
+
+    theory_cli.add_arguments(p)
     p.set_defaults(func=_theory)
 
     p = sub.add_parser("demo", help="train a small BatchNorm CNN on mnist1d with the monitor attached")
