@@ -287,3 +287,17 @@ def test_run_leaves_its_inputs_alone(a: float) -> None:
     dynamics.run(start, np.full(50, 0.1), 1e-2, a, G, factors, "keep")
     np.testing.assert_array_equal(G, keep)
     np.testing.assert_array_equal(start.w_sq, 2.0)
+
+
+def test_run_past_a_right_angle_matches_step() -> None:
+    """A state whose first step turns w by more than π/2 (x − ⟨w, w'⟩ < 0): the batched path's arctan of a
+    ratio must hand over to arctan2 there, and agree with :func:`dynamics.step` applied in a loop."""
+    start = GramState(np.ones(3), np.full(3, 30.0), np.ones(3))
+    lr, L = [0.1] * 5, np.ones((5, 3))
+    _, deltas, _ = dynamics.run(start, lr, 1e-3, 0.9, L)
+    state, expected = start, []
+    for t in range(5):
+        state, d = dynamics.step(state, lr[t], 1e-3, 0.9, L[t])
+        expected.append(d)
+    assert np.max(expected[0]) > math.pi / 2  # the case this test is about
+    np.testing.assert_allclose(deltas, np.array(expected), rtol=1e-12)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from smdyn import theory
+from smdyn import simulation, theory
 from smdyn.simulation import SimulationResult, simulate
 
 # --------------------------------------------------------------------------------------------------
@@ -364,6 +364,37 @@ def test_gamma_draws_follow_the_gamma_distribution(k: float, seed: int) -> None:
     g = res.unit_grad_sq.ravel()
     assert stats.kstest(g, stats.gamma(k).cdf).pvalue > 1e-3
     assert stats.kstest(g, stats.gamma(1.05 * k, scale=1 / 1.05).cdf).pvalue < 1e-6
+
+
+def test_gamma_draws_without_spare_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no spare candidates every rejected one is redrawn by numpy's sampler: still Gamma(k)."""
+    stats = pytest.importorskip("scipy.stats")
+    monkeypatch.setattr(simulation, "_gamma_spares", lambda n, k: 0)
+    res = simulate(0.1, 1e-3, steps=200, trajectories=1000, L=1.0, V=1.0, seed=4)  # k = 1: 5% rejected
+    g = res.unit_grad_sq.ravel()
+    assert stats.kstest(g, stats.gamma(1.0).cdf).pvalue > 1e-3
+    assert stats.kstest(g, stats.gamma(1.05, scale=1 / 1.05).cdf).pvalue < 1e-6
+
+
+def test_uniform_draws_follow_the_uniform_distribution() -> None:
+    """The uniform noise against scipy's U(L − √(3V), L + √(3V)) CDF (Kolmogorov-Smirnov, 200 000 draws); the
+    same test rejects a range 2% wider, so it has the power to see a wrong scaling."""
+    stats = pytest.importorskip("scipy.stats")
+    L, V = 2.0, 0.75
+    res = simulate(0.1, 1e-3, steps=200, trajectories=1000, L=L, V=V, noise="uniform", seed=5)
+    g = res.unit_grad_sq.ravel()
+    half = math.sqrt(3 * V)
+    assert stats.kstest(g, stats.uniform(L - half, 2 * half).cdf).pvalue > 1e-3
+    assert stats.kstest(g, stats.uniform(L - 1.02 * half, 2.04 * half).cdf).pvalue < 1e-6
+
+
+def test_reduced_h_tilde_is_a_read_only_view_of_the_draws() -> None:
+    """g ⟂ v in the reduced engine: h̃ is ‖g̃‖², shared with unit_grad_sq rather than copied."""
+    res = simulate(0.1, 1e-2, 0.9, steps=50, trajectories=3, V=0.2, engine="reduced")
+    assert np.shares_memory(res.h_tilde, res.unit_grad_sq)
+    np.testing.assert_array_equal(res.h_tilde, res.unit_grad_sq)
+    with pytest.raises(ValueError, match="read-only"):
+        res.h_tilde[0, 0] = 1.0
 
 
 def test_result_helpers() -> None:

@@ -18,9 +18,9 @@ Two engines compute the same dynamics:
 * ``"reduced"``: for the random model with a gradient orthogonal to both w_t and the momentum buffer v_{t-1}
   (exact as dim → ∞, and exact at any dim for SGD, where only g ⟂ w matters), the state of Eqs 10-11 is
   the Gram matrix of (w, v): three scalars per trajectory with a closed update, :mod:`smdyn.dynamics`
-  (docs/design.md §2), vectorised over trajectories in float64 numpy. About 20 ns per trajectory-step at
-  1 000 trajectories plus ~11 ns per gamma draw when V > 0, so million-step horizons and hyper-parameter
-  grids are cheap (benchmarks/simulate_throughput.py).
+  (docs/design.md §2), vectorised over trajectories in float64 numpy. About 12 ns per trajectory-step at
+  1 000 trajectories plus ~6 ns per gamma draw when V > 0 (~1 300× a per-trajectory numpy loop of the
+  vectors), so million-step horizons and hyper-parameter grids are cheap (benchmarks/simulate_throughput.py).
 
 Per step the result holds ‖w_t‖², Δ_t, ‖g̃_t‖², h̃_t (Thm 2, assumption 6) and the theory: Δ*_t (Thm 3) and
 w*_t² (Thms 1-2, exact fixed-point form, :func:`smdyn.theory.weight_norm`) from that step's η_t and L_t.
@@ -59,6 +59,7 @@ _LOGISTIC_LABEL_NOISE = 0.1
 # Trailing window (steps) over which the logistic model's L_t = E h̃_t is estimated; the paper's Fig 3
 # averages 200 iterations.
 _L_WINDOW = 200
+_TO_UNIT = 2.0**-32  # a uint32 word times this is uniform on [0, 1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -73,8 +74,8 @@ class SimulationResult:
         weight_norm_sq: ‖w_t‖², the weight entering step t (after a rescaling at t, if any).
         angular_update: Δ_t = ∠(w_t, w_{t+1}) in radians (Def 3, Eq 13, computed without arccos).
         unit_grad_sq: ‖g̃_t‖² = ‖g_t‖²‖w_t‖² actually drawn (random model) or measured (logistic).
-        h_tilde: h̃_t = (‖g_t‖² + 2α⟨v_{t-1}, g_t⟩)‖w_t‖² (Thm 2, assumption 6); equals ``unit_grad_sq``
-            in the reduced engine, where g ⟂ v.
+        h_tilde: h̃_t = (‖g_t‖² + 2α⟨v_{t-1}, g_t⟩)‖w_t‖² (Thm 2, assumption 6); in the reduced engine,
+            where g ⟂ v, it equals ``unit_grad_sq`` and is a read-only view of it.
         lr: ``[steps]`` learning rate η_t = lr · schedule_t.
         L: ``[steps]`` L_t = E‖g̃_t‖² (= E h̃_t): as given for the random model; for the logistic model the
             mean of h̃ over trajectories, then over a trailing window of 200 steps (fewer at the start).
@@ -254,9 +255,13 @@ def _draw_unit_grad_sq(
     """
     steps = L.shape[0]
     Lc, Vc = L[:, None], V[:, None]
-    if noise == "uniform":
-        u = rng.uniform(-1.0, 1.0, size=(steps, trajectories))
-        return Lc + np.sqrt(3.0 * Vc) * u
+    if noise == "uniform":  # from raw 32-bit words, in place: half the cost of the generator's uniforms
+        half_width = np.sqrt(3.0 * Vc)
+        n = steps * trajectories
+        words = rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(steps, trajectories)
+        out = np.multiply(words, 2.0 * _TO_UNIT * half_width)  # uniform on [0, 2√(3V))
+        out += Lc - half_width
+        return out
     noisy = V > 0
     if not noisy.any():
         return np.repeat(Lc, trajectories, axis=1)
@@ -269,65 +274,82 @@ def _draw_unit_grad_sq(
     return out if noisy.all() else np.where(noisy[:, None], out, Lc)
 
 
-_GAMMA_CHUNK = 1 << 15  # candidates per pass of _standard_gamma: its float32 temporaries stay in cache
+_GAMMA_CHUNK = 1 << 16  # variates per pass of _marsaglia_tsang32 (its temporaries: ~2 MB)
+_GAMMA_MIN = 1 << 13  # fewer draws than this: numpy's sampler, as _marsaglia_tsang32's ~25 calls cost more
 
 
 def _standard_gamma(rng: np.random.Generator, k: float, scale: float, out: NDArray[np.float64]) -> None:
     """Fill ``out`` (C-contiguous) with Gamma(k, scale) variates, exact in distribution to float32 rounding.
 
     For k >= 1, Marsaglia & Tsang's method ("A simple method for generating gamma variables", ACM TOMS
-    26(3), 2000) vectorised in float32: x ~ N(0, 1) by Box-Muller, v = (1 + x/√(9d))³ with d = k − 1/3,
-    accept d·v when v > 0 and ln U < x²/2 + d(1 − v + ln v) (95% accepted at k = 1, 99% at k = 4). Every
-    candidate takes the full test: without the squeeze's indexing numpy is faster. ~10 ns a variate
-    against ~18 for numpy's float64 ``standard_gamma`` (numpy 2.4, 1 thread), which draws one normal at
-    a time. The float32 uniforms behind Box-Muller reach |x| <= 5.8 only (probability 8e-9 beyond).
-    k < 1 (V > L², rare) and blocks of fewer than ``_GAMMA_CHUNK`` draws use numpy's float64 sampler.
+    26(3), 2000) vectorised (:func:`_marsaglia_tsang32`), ~6 ns a variate against ~18 for numpy's float64
+    ``standard_gamma`` (numpy 2.4, 1 thread), which draws one normal at a time. k < 1 (V > L², rare) and
+    blocks of fewer than ``_GAMMA_MIN`` draws use numpy's sampler.
     """
-    if k < 1.0 or out.size < _GAMMA_CHUNK:  # few draws (L, V vary by step): numpy's calls cost less
+    if k < 1.0 or out.size < _GAMMA_MIN:  # few draws (L, V vary by step): numpy's calls cost less
         rng.standard_gamma(k, size=out.shape, out=out)
         out *= scale
         return
     flat = out.reshape(-1)
-    for i in range(0, flat.size, _GAMMA_CHUNK):
-        _marsaglia_tsang32(rng, k, scale, flat[i : i + _GAMMA_CHUNK])
+    edges = np.linspace(0, flat.size, -(-flat.size // _GAMMA_CHUNK) + 1).astype(np.int64).tolist()
+    for a, b in itertools.pairwise(edges):  # equal passes: no short last one
+        _marsaglia_tsang32(rng, k, scale, flat[a:b])
 
 
 def _marsaglia_tsang32(rng: np.random.Generator, k: float, scale: float, out: NDArray[np.float64]) -> None:
-    """Fill the 1-D ``out`` with Gamma(k, scale) variates (k >= 1); see :func:`_standard_gamma`."""
-    d, c = k - 1.0 / 3.0, 1.0 / math.sqrt(9.0 * k - 3.0)
-    # 0-d float32 arrays: numpy takes them faster than Python or numpy scalars
-    one, minus_two, two_pi, half = (np.array(v, np.float32) for v in (1.0, -2.0, 2.0 * math.pi, 0.5))
-    c32, d32, scale32 = (np.array(v, np.float32) for v in (c, d, d * scale))
-    n, filled = out.size, 0
-    while filled < n:
-        h = (n - filled) // 2 + (n - filled) // 32 + 8  # candidate pairs, a few spare for rejections
-        u = rng.random(4 * h, dtype=np.float32)
-        radius, angle, accept = u[:h], u[h : 2 * h], u[2 * h :]
-        np.subtract(one, radius, out=radius)  # (0, 1]
-        np.log(radius, out=radius)
-        radius *= minus_two
-        np.sqrt(radius, out=radius)
-        angle *= two_pi
-        x = np.empty(2 * h, np.float32)  # Box-Muller: √(−2 ln u₁)·(cos, sin)(2πu₂)
-        np.cos(angle, out=x[:h])
-        np.sin(angle, out=x[h:])
-        x[:h] *= radius
-        x[h:] *= radius
-        v = x * c32
-        v += one
-        v *= v * v  # (1 + cx)³
-        with np.errstate(divide="ignore", invalid="ignore"):  # v <= 0: ln v is nan or −inf, rejected
-            test = np.log(v)
-            test -= v
-            test += one
-            test *= d32
-            x *= x
-            x *= half
-            test += x  # x²/2 + d(1 − v + ln v)
-            np.log(accept, out=accept)  # U = 0: −inf, accepted
-        got = v[accept < test][: n - filled]
-        np.multiply(got, scale32, out=out[filled : filled + got.size])
-        filled += got.size
+    """Fill the 1-D ``out`` with Gamma(k, scale) variates (k >= 1) in one vectorised pass.
+
+    Candidates d·v, v = (1 + c·x)³ with d = k − 1/3, c = 1/√(9d), x ~ N(0, 1) by Box-Muller, all in float32
+    from raw 32-bit words of the generator (half the cost of its float32 uniforms, which take a 64-bit
+    draw each); accepted when v > 0 and ln U < x²/2 + d(1 − v + ln v) (95% at k = 1, 99% at k = 4).
+    Of n + a few spare candidates the first n are written to ``out`` and the rejected among them replaced
+    by accepted spares, or by numpy's sampler when the spares run short, so one pass fills ``out`` and no
+    mask compacts it. Box-Muller's words reach |x| <= 6.66 (probability 3e-11 beyond). Every candidate
+    takes the full test: the squeeze 0.0331·x⁴ < 1 − U leaves 8% in doubt at every k, and indexing them
+    costs more than the two logarithms.
+    """
+    n = out.size
+    d = k - 1.0 / 3.0
+    f32 = np.float32
+    h = (n + _gamma_spares(n, k) + 1) // 2  # candidate pairs
+    m = 2 * h
+    u = rng.bit_generator.random_raw(m).view(np.uint32).astype(np.float32)  # [radius h | angle h | U m]
+    radius, angle, accept = u[:h], u[h:m], u[m:]
+    y = np.empty(m, np.float32)  # c·x
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        radius *= f32(_TO_UNIT)
+        np.log(radius, out=radius)  # a zero word: −inf, then x = ±inf or nan, rejected below
+        radius *= f32(-2.0 / (9.0 * d))
+        np.sqrt(radius, out=radius)  # c·√(−2 ln u₁)
+        angle *= f32(2.0 * math.pi * _TO_UNIT)
+        np.cos(angle, out=y[:h])
+        np.sin(angle, out=y[h:])
+        y[:h] *= radius
+        y[h:] *= radius
+        v = y + f32(1.0)
+        v *= v * v
+        test = np.log(v)  # v <= 0: nan, rejected
+        test -= v
+        test += f32(1.0)
+        y *= y
+        y *= f32(4.5)  # x²/(2d) = 4.5·(c·x)²
+        test += y
+        test *= f32(d)  # x²/2 + d(1 − v + ln v)
+        accept *= f32(_TO_UNIT)
+        np.log(accept, out=accept)
+    ok = accept < test
+    np.multiply(v[:n], f32(d * scale), out=out)
+    holes = np.flatnonzero(~ok[:n])
+    if holes.size:
+        spares = v[n:][ok[n:]][: holes.size] * (d * scale)
+        out[holes[: spares.size]] = spares
+        if spares.size < holes.size:
+            out[holes[spares.size :]] = rng.standard_gamma(k, holes.size - spares.size) * scale
+
+
+def _gamma_spares(n: int, k: float) -> int:
+    """Spare candidates for n Gamma(k) variates: 1.5× the ~5%·k^-1.2 that Marsaglia-Tsang rejects, + 32."""
+    return int(n * 0.075 * k**-1.2) + 32
 
 
 def _grad_floor(L: NDArray, V: NDArray, noise: str) -> NDArray[np.float64]:
@@ -502,8 +524,8 @@ def simulate(
     """Simulate SGD (Eq 7) / SGDM (Eqs 10-11) with weight decay on a scale-invariant weight.
 
     Every trajectory starts from its own random direction and evolves independently; the unit-gradient
-    norms ‖g̃‖² of the random model are drawn from one numpy generator seeded by ``seed``, the same draws
-    for both engines, so they can be compared trajectory by trajectory.
+    norms ‖g̃‖² of the random model are drawn from one numpy generator (SFC64, the fastest numpy has)
+    seeded by ``seed``, the same draws for both engines, so they can be compared trajectory by trajectory.
 
     Args:
         lr: base learning rate η (> 0); step t uses η_t = lr · schedule_t.
@@ -691,7 +713,8 @@ def _run(s: _Setup) -> SimulationResult:
     G: NDArray | None = None
     floor = np.full(steps, math.nan)
     if s.gradient == "random":
-        G = _draw_unit_grad_sq(np.random.default_rng(s.seed), L_t, V_t, s.noise, s.trajectories)
+        rng = np.random.Generator(np.random.SFC64(s.seed))  # the fastest of numpy's bit generators
+        G = _draw_unit_grad_sq(rng, L_t, V_t, s.noise, s.trajectories)
         floor = _grad_floor(L_t, V_t, s.noise)
     init = (
         dynamics.fixed_point(float(L_t[0]), float(s.lr[0]), s.wd, s.momentum)
@@ -703,7 +726,8 @@ def _run(s: _Setup) -> SimulationResult:
         one = init if isinstance(init, GramState) else GramState.at_rest(init)
         start = GramState(*(np.full(s.trajectories, float(v)) for v in one))
         x, delta, _ = dynamics.run(start, s.lr, s.wd, s.momentum, G, s.factors, s.rescale_momentum)
-        gsq, h = G, G.copy()
+        gsq, h = G, G.view()  # g ⟂ v: h̃ = ‖g̃‖², shared: a copy would cost ~1.5 ns a trajectory-step
+        h.flags.writeable = False
     else:
         x, delta, gsq, h = _run_full(
             s.lr, s.wd, s.momentum, G, init, s.factors, s.rescale_momentum,
