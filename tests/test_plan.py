@@ -344,3 +344,331 @@ def test_cli_refuses_bad_schedules(tmp_path, capsys, extra: list[str], match: st
     assert not out.exists()
     with pytest.raises(ValueError, match="milestone step 900"):
         plan([(300, 0.01), (900, 0.001)], 0.1, 5e-3, steps=900)
+
+
+# ------------------------------------------------------------------ named schedules, rules and controls
+
+
+def _sgd_with_control(
+    lrs: np.ndarray, wd: float, a: float, w0: float, control: str
+) -> tuple[np.ndarray, ...]:
+    """The vector model of ``_vector_model`` from a fresh start, driven by smdyn's real control classes."""
+    from smdyn import CorrectedWeightDecay, RotationController
+
+    dim = len(lrs) + 2
+    w = torch.zeros(dim, dtype=torch.float64)
+    w[0] = w0
+    p = nn.Parameter(w)
+    opt = torch.optim.SGD([p], lr=float(lrs[0]), momentum=a, weight_decay=wd)
+    ctrl = (CorrectedWeightDecay if control == "corrected_decay" else RotationController)([("w", p)], opt)
+    deltas, norms, grads = [], [], []
+    for t, lr in enumerate(lrs):
+        opt.param_groups[0]["lr"] = float(lr)
+        g = torch.zeros(dim, dtype=torch.float64)
+        g[t + 2] = 1.0 / float(p.detach().norm())  # ‖g̃‖ = 1
+        p.grad = g
+        before = p.detach().clone()
+        norms.append(float(before.norm()))
+        grads.append(float(g.norm()) / norms[-1])
+        opt.step()
+        deltas.append(float(geometry.angle(before, p.detach())))
+    ctrl.close()
+    return np.array(deltas), np.array(norms), np.array(grads)
+
+
+@pytest.mark.parametrize("control", ["corrected_decay", "rotation"])
+def test_sgd_controls_match_the_real_controls_on_the_vector_model(
+    control: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smdyn.schedules import WarmupCosine
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    steps, lr, wd, a, w0 = 400, 0.1, 5e-3, 0.9, 1.5
+    result = plan(WarmupCosine(steps, 40, 0.01), lr, wd, a, steps=steps, w0=w0, control=["none", control])
+    deltas, norms, grads = _sgd_with_control(result.lr, wd, a, w0, control)
+    run = result.runs[control]
+    np.testing.assert_allclose(run["angular_update"], deltas, rtol=1e-7)
+    np.testing.assert_allclose(run["weight_norm"], norms, rtol=1e-9 if control == "corrected_decay" else 1e-6)
+    # λ_t = λ·η_t/η_max with η_max the largest lr so far (CorrectedWeightDecay's default).
+    peak = np.maximum.accumulate(result.lr)
+    want_wd = wd * result.lr / peak if control == "corrected_decay" else np.full(steps, wd)
+    np.testing.assert_allclose(run["weight_decay"], want_wd, rtol=1e-12)
+    # Readings from the measured series and the closed forms (Thm 3, Thm 2), not from the plan.
+    d_star = np.sqrt(2 * want_wd * result.lr / (1 + a))
+    w_star = np.array([theory.weight_norm(1.0, e, lam, a) for e, lam in zip(result.lr, want_wd, strict=True)])
+    if control == "rotation":
+        np.testing.assert_allclose(deltas, d_star, rtol=1e-6)  # Δ_t = Δ*_t exactly, at the fixed norm
+        w_star = np.full(steps, w0)
+    np.testing.assert_allclose(run["delta_ratio"], deltas / d_star, rtol=1e-6)
+    np.testing.assert_allclose(run["norm_ratio"], norms / w_star, rtol=1e-6)
+    np.testing.assert_allclose(run["grad_weight_ratio"], grads, rtol=1e-6)
+    np.testing.assert_allclose(run["grad_ratio"], grads / (1.0 / w_star**2), rtol=1e-6)
+
+
+def _brute_lag(norm: np.ndarray, w_star: np.ndarray) -> np.ndarray:
+    out = np.full(len(norm), np.nan)
+    for t in range(len(norm)):
+        if abs(norm[t] - w_star[t]) <= 1e-9 * w_star[t]:
+            out[t] = 0
+            continue
+        side = np.sign(norm[t] - w_star[t])
+        past = np.flatnonzero(side * (w_star[: t + 1] - norm[t]) >= 0)
+        if past.size:
+            out[t] = t - past[-1]
+    return out
+
+
+def test_lag_and_early_excess_match_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smdyn.schedules import CosineRestarts
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    for w0 in (0.3, 5.0):  # below and above the equilibrium: an excess, then a shortfall
+        result = plan(CosineRestarts(300, 2, warmup=50, floor=0.01), 0.1, 1e-2, 0.9, steps=1200, w0=w0,
+                      control="all")  # fmt: skip
+        for name, run in result.runs.items():
+            lag = _brute_lag(run["weight_norm"], run["theory_weight_norm"])
+            np.testing.assert_array_equal(np.isnan(run["lag"]), np.isnan(lag))
+            np.testing.assert_array_equal(run["lag"][~np.isnan(lag)], lag[~np.isnan(lag)])
+            ratio = run["angular_update"] / run["theory_angular_update"]
+            inside = np.flatnonzero(np.abs(ratio - 1) <= 0.1)
+            early = result.early[name]
+            assert early["settle"] == (inside[0] if inside.size else math.inf)
+            assert early["peak"] == pytest.approx(
+                ratio[: int(inside[0]) + 1].max() if inside.size else ratio.max()
+            )
+        assert result.early["rotation"] == {"peak": 1.0, "peak_step": 0.0, "settle": 0.0}
+        print(w0, {k: v for k, v in result.early.items()})
+    assert np.nanmax(result.runs["none"]["lag"]) > 50  # after each restart the norm trails the schedule
+
+
+def _adamw_vectors(
+    lrs: np.ndarray, wd: float, b1: float, w0: float, control: str | None = None, n: int = 16, dim: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch.optim.AdamW on n scale-invariant weights of dim elements (rows of one float64 tensor):
+    Gaussian gradients projected ⟂ to each row and divided by its norm. RMS over rows of Δ_t and ‖w_t‖."""
+    from smdyn import CorrectedWeightDecay, Rescaler, RotationController
+
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    p = nn.Parameter(w / w.norm(dim=1, keepdim=True) * w0)
+    opt = torch.optim.AdamW([p], lr=float(lrs[0]), betas=(b1, 0.999), weight_decay=wd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if control == "corrected_decay":
+            CorrectedWeightDecay([("w", p)], opt)
+        elif control == "rescaled":
+            Rescaler(opt, [("w", p)], force=True, mode="continuous")
+        elif control == "rotation":
+            RotationController([("w", p)], opt, per_channel=True)
+    deltas, norms = [], []
+    seen: list[float] = []
+    opt.register_step_pre_hook(lambda o, args, kw: seen.append(float(p.detach().pow(2).sum(1).mean().sqrt())))
+    for lr in lrs:
+        opt.param_groups[0]["lr"] = float(lr)
+        x = p.detach().clone()
+        g = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        g -= (g * x).sum(1, keepdim=True) / (x * x).sum(1, keepdim=True) * x
+        p.grad = g / x.norm(dim=1, keepdim=True)
+        opt.step()
+        a, b = x / x.norm(dim=1, keepdim=True), p.detach() / p.detach().norm(dim=1, keepdim=True)
+        deltas.append(float((2 * torch.atan2((a - b).norm(dim=1), (a + b).norm(dim=1))).pow(2).mean().sqrt()))
+        norms.append(seen[-1])
+    return np.array(deltas), np.array(norms)
+
+
+@pytest.mark.slow
+def test_adamw_plan_matches_torch_adamw_under_warmup_cosine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoupled recurrence against the real optimizer: RMS Δ_t and ‖w_t‖ within 5% at every step."""
+    from smdyn.schedules import WarmupCosine
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    steps, lr, wd, b1, dim = 3000, 3e-3, 0.1, 0.9, 1024
+    for w0 in (2.0, 8.0):  # w* = √(ηC/2λ) = 3.9 at the peak: the norm grows, or shrinks
+        result = plan(WarmupCosine(steps, 300, 0.01), lr, wd, b1, steps=steps, optimizer="adamw", numel=dim,
+                      w0=w0, control="none")  # fmt: skip
+        deltas, norms = _adamw_vectors(result.lr, wd, b1, w0, dim=dim)
+        run = result.runs["none"]
+        err_d = np.abs(run["angular_update"] / deltas - 1)
+        err_w = np.abs(run["weight_norm"] / norms - 1)
+        print(
+            f"w0={w0}: max |Δ err| {err_d.max():.4f} (mean {err_d.mean():.4f}), "
+            f"max |‖w‖ err| {err_w.max():.4f}"
+        )
+        assert err_d.max() < 0.05 and err_w.max() < 0.05
+        assert abs(math.log(norms[-1] / norms[0])) > math.log(1.3)  # the norm moved (2 → 2.7, 8 → 5.6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("control", ["rescaled", "corrected_decay", "rotation"])
+def test_adamw_controls_match_the_real_controls(control: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from smdyn.schedules import WarmupCosine
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    steps, lr, wd, b1, dim, w0 = 2000, 3e-3, 0.1, 0.9, 1024, 3.0
+    ctrl = "rescale" if control == "rescaled" else control
+    result = plan(WarmupCosine(steps, 0, 0.01), lr, wd, b1, steps=steps, optimizer="adamw", numel=dim, w0=w0,
+                  control=ctrl, mode="continuous")  # fmt: skip
+    deltas, norms = _adamw_vectors(result.lr, wd, b1, w0, control=control, dim=dim)
+    run = result.runs[control]
+    err_d = np.abs(run["angular_update"] / deltas - 1)
+    err_w = np.abs(run["weight_norm"] / norms - 1)
+    print(f"{control}: max |Δ err| {err_d.max():.4f}, max |‖w‖ err| {err_w.max():.4f}")
+    assert err_d.max() < 0.05 and err_w.max() < 0.05
+    if control == "rotation":
+        np.testing.assert_allclose(deltas, theory.adamw_angular_update(result.lr, wd, b1), rtol=1e-6)
+
+
+def test_lion_plan_matches_a_brute_force_lion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lion's update written out (Chen et al., arXiv 2302.06675) on 16 weights of 1024 elements, from
+    w0 = 2 (w* = 2.6 at the peak). From w0 = 0.3 ≪ w* the empty buffer's slow build-up (β₂ = 0.99) is not
+    geometric: there the plan's norm runs up to 19% high around step 100, 1% by step 2000 (measured)."""
+    from smdyn.schedules import WarmupCosine
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    steps, lr, wd, b1, b2, n, dim, w0 = 1500, 3e-4, 1.0, 0.9, 0.99, 16, 1024, 2.0
+    result = plan(WarmupCosine(steps, 100, 0.01), lr, wd, b1, steps=steps, optimizer="lion", numel=dim, w0=w0,
+                  control="none", beta2=b2)  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    w = w / w.norm(dim=1, keepdim=True) * w0
+    m = torch.zeros_like(w)
+    deltas, norms = [], []
+    for eta in result.lr.tolist():
+        g = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+        g -= (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True) * w
+        c = b1 * m + (1 - b1) * g
+        new = w * (1 - eta * wd) - eta * torch.sign(c)
+        m = b2 * m + (1 - b2) * g
+        a, b = w / w.norm(dim=1, keepdim=True), new / new.norm(dim=1, keepdim=True)
+        deltas.append(float((2 * torch.atan2((a - b).norm(dim=1), (a + b).norm(dim=1))).pow(2).mean().sqrt()))
+        norms.append(float(w.pow(2).sum(1).mean().sqrt()))
+        w = new
+    err_d = np.abs(result.runs["none"]["angular_update"] / np.array(deltas) - 1)
+    err_w = np.abs(result.runs["none"]["weight_norm"] / np.array(norms) - 1)
+    print(f"lion: max |Δ err| {err_d.max():.4f}, max |‖w‖ err| {err_w.max():.4f}")
+    assert err_d.max() < 0.05 and err_w.max() < 0.05
+
+
+def test_a_scheduler_instance_gives_lrs_rule_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from smdyn.schedules import WarmupCosine
+
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    p = nn.Parameter(torch.randn(8))
+    opt = torch.optim.AdamW([p], lr=2e-3, betas=(0.8, 0.99), weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, WarmupCosine(300, 30, 0.1))
+    result = plan(sched, None, None, steps=300, numel=8, control="all")
+    want = [2e-3 * WarmupCosine(300, 30, 0.1)(t) for t in range(300)]
+    np.testing.assert_allclose(result.lr, want, rtol=1e-12)
+    s = result.settings
+    assert (s["optimizer"], s["family"], s["wd"], s["momentum"]) == ("adamw", "adamw", 0.05, 0.8)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3 / 30) and sched.last_epoch == 0  # untouched
+    np.testing.assert_allclose(
+        result.theory_angular_update, theory.adamw_angular_update(result.lr, 0.05, 0.8)
+    )
+    with pytest.raises(ValueError, match="disagrees"):
+        plan(sched, 0.1, None, steps=10)
+    # An optimizer instance without a scheduler: its rule and hyper-parameters.
+    sgd = torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-3)
+    assert plan(None, optimizer=sgd, steps=20).settings["momentum"] == 0.9
+
+
+def test_muon_and_lion_start_at_their_equilibrium(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From w0=None the recurrence sits at the rule's (Δ*, w*) (theory.muon_* / lion_*) while the lr holds."""
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    muon = plan([(50, 0.01)], 0.02, 0.1, steps=100, optimizer="muon", shape=(64, 64), rescale=False)
+    d = theory.muon_angular_update(0.02, 0.1, (64, 64), 0.95)
+    np.testing.assert_allclose(muon.runs["none"]["angular_update"][:50], math.atan(d), rtol=1e-9)
+    w = theory.muon_weight_norm(0.02, 0.1, (64, 64), 0.95)
+    np.testing.assert_allclose(muon.runs["none"]["weight_norm"][:50], w, rtol=1e-9)
+    lion = plan(None, 1e-4, 1.0, steps=50, optimizer="lion", numel=100, rescale=False)
+    np.testing.assert_allclose(
+        lion.runs["none"]["weight_norm"], theory.lion_weight_norm(1e-4, 1.0, 100), rtol=1e-9
+    )
+    assert muon.table()[1]["corollary_3_1"] == math.ceil(math.log(2) / (2 * 0.1 * 0.01))
+
+
+def test_bad_rule_and_control_arguments() -> None:
+    ok = {"lr": 0.1, "wd": 1e-3, "steps": 10}
+    cases = [
+        ({"control": "spin"}, ValueError, "control"),
+        ({"control": []}, ValueError, "control"),
+        ({"control": "none", "rescale": True}, ValueError, "rescale or control"),
+        ({"optimizer": "adam"}, ValueError, "optimizer"),
+        ({"optimizer": "muon"}, ValueError, "shape"),
+        ({"optimizer": "muon", "shape": (3,)}, ValueError, "shape"),
+        ({"optimizer": "adamw", "beta2": 1.0}, ValueError, "beta2"),
+        ({"optimizer": "adamw", "numel": 0.5}, ValueError, "numel"),
+        ({"optimizer": "adamw", "lr": 10.0, "wd": 0.2}, ValueError, "lr \\* wd"),
+        ({"reference_lr": 0.0}, ValueError, "reference_lr"),
+        ({"rule": "sgd"}, TypeError, "rule"),
+        ({"optimizer": "sgd", "rule": object()}, ValueError, "not both"),
+        (
+            {"group": 1, "optimizer": torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)},
+            ValueError,
+            "group",
+        ),
+    ]
+    for change, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            plan(None, **{**ok, **change})
+    p = nn.Parameter(torch.zeros(2))
+    for opt, match in [
+        (torch.optim.Adam([p], lr=0.1, weight_decay=0.1), "no equilibrium theory"),
+        (torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1), "Nesterov"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            plan(None, optimizer=opt, steps=10)
+
+
+def test_cli_named_schedule_optimizer_and_controls(tmp_path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    out = tmp_path / "run"
+    argv = ["--lr", "3e-3", "--wd", "0.1", "--steps", "600", "--schedule", "warmup_cosine", "--warmup", "60",
+            "--eta-min", "0.01", "--optimizer", "adamw", "--numel", "1024", "--control", "all",
+            "--out", str(out)]  # fmt: skip
+    assert plan_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("At the last step (599")
+    for name in ("none", "rescaled", "corrected_decay", "rotation"):
+        assert f"{name}: Δ/Δ* = " in printed
+    with open(out / "progress.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 7 * 4 and {r["control"] for r in rows} == {
+        "none",
+        "rescaled",
+        "corrected_decay",
+        "rotation",
+    }
+    with open(out / "series.csv") as f:
+        series = list(csv.DictReader(f))
+    want = 3e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (300 - 60) / 540)))
+    assert float(series[300]["lr"]) == pytest.approx(want) and "grad_ratio_rotation" in series[0]
+    assert (out / "plan.png").stat().st_size > 1000
+    # A torch scheduler by name, with its arguments.
+    argv = ["--lr", "0.1", "--wd", "5e-4", "--steps", "200", "--schedule", "CosineAnnealingLR",
+            "--schedule-arg", "T_max=200", "--schedule-arg", "eta_min=1e-4", "--out", str(out)]  # fmt: skip
+    assert plan_main(argv) == 0
+    with open(out / "series.csv") as f:
+        assert float(list(csv.DictReader(f))[100]["lr"]) == pytest.approx(1e-4 + (0.1 - 1e-4) / 2)
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--schedule", "Nope"], "schedule"),
+        (["--schedule", "cosine_restarts"], "--period"),
+        (["--schedule", "wsd", "--decay", "0"], "decay"),
+        (["--schedule", "warmup_cosine", "--cosine"], "--cosine"),
+        (["--schedule", "StepLR", "--schedule-arg", "step_size"], "--schedule-arg"),
+        (["--schedule", "StepLR", "--warmup", "5"], "--schedule-arg"),
+        (["--schedule-arg", "a=1"], "--schedule-arg"),
+        (["--control", "none", "--rescale", "yes"], "--control or --rescale"),
+        (["--optimizer", "muon"], "shape"),
+        (["--optimizer", "adamw", "--beta2", "1.5"], "beta2"),
+    ],
+)
+def test_cli_refuses_bad_plans(tmp_path, capsys, extra: list[str], match: str) -> None:
+    out = tmp_path / "run"
+    assert plan_main(["--lr", "0.01", "--wd", "0.1", "--steps", "100", "--out", str(out), *extra]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()

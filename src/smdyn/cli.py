@@ -174,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from smdyn.plan_cli import add_plan_arguments, run_plan
 
-    p = sub.add_parser("plan", help="predict Δ*, the lag after each LR change, with and without rescaling")
+    p = sub.add_parser(
+        "plan", help="predict Δ/Δ*, ‖g‖/‖w‖ and lags for any schedule, update rule and control"
+    )
     add_plan_arguments(p)
     p.set_defaults(func=run_plan)
 

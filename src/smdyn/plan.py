@@ -1,26 +1,33 @@
 """Plan a learning-rate schedule: will each stage reach the angular-update equilibrium before the next change?
 
-Without training, :func:`plan` iterates the noiseless recurrence of SGD(M) with weight decay on a
-scale-invariant weight (Wan et al., "Spherical Motion Dynamics", NeurIPS 2021, Eqs 10-11 with g ⟂ w;
-docs/design.md §2): under isotropic gradients the state reduces exactly to the Gram matrix of (w_t, v_{t−1}),
-three scalars per trajectory, stepped by :mod:`smdyn.dynamics`.
+Without training, :func:`plan` iterates a recurrence of the weight's norm for the chosen update rule on a
+scale-invariant weight (:mod:`smdyn._plan_models`):
 
-Its fixed point is Thm 2's w* and has cos Δ = 1 − λη/(1+α) exactly, i.e. Δ ≈ √(2λη/(1+α)) (Thm 3): that
-exact value is what "within 10/5/1%" is measured against. The map is homogeneous in L (the state scales as
-√L), so with a constant L (default 1) the angular update does not depend on it; pass ``L`` as a function of
-the step to see a changing unit-gradient norm.
+- SGD(M) with coupled weight decay (Wan et al., "Spherical Motion Dynamics", NeurIPS 2021, Eqs 10-11 with
+  g ⟂ w; docs/design.md §2): under isotropic gradients the state reduces exactly to the Gram matrix of
+  (w_t, v_{t−1}), three scalars, stepped by :mod:`smdyn.dynamics`. Its fixed point has cos Δ = 1 − λη/(1+α)
+  exactly, Δ ≈ √(2λη/(1+α)) (Thm 3). The map is homogeneous in L (the state scales as √L), so with a constant
+  L (default 1) the angular update does not depend on it; pass ``L`` as a function of the step to see a
+  changing unit-gradient norm.
+- Decoupled decay (AdamW, Lion, Muon): w²_{t+1} = (1 − η_tλ_t)²w²_t + η_t²‖u‖²R, with the step's size ‖u‖
+  and its integrated autocorrelation R set by the rule's own equilibrium Δ*, w* (docs/design.md §6); the
+  approximation is that the steps decorrelate on a time scale ≪ 1/(ηλ).
 
-For every learning-rate change it reports Corollary 3.1's estimate ⌈ln(k)(1−α)/(2λη)⌉ (η after the change)
-and the recurrence's own lag: steps until Δ stays within 10%, 5% and 1% of the new equilibrium, continuing
-with the lr held where the next change comes first — with and without the Sec 4.2 rescaling as
-:class:`smdyn.Rescaler` applies it (same rule, same ``"split"`` treatment of the momentum buffer).
+It runs one recurrence per control: ``none``; ``rescaled`` (Sec 4.2's rescaling, as :class:`smdyn.Rescaler`
+applies it, same rule, same ``"split"`` treatment of the momentum buffer, the rule's norm exponent);
+``corrected_decay`` (λ_t = λ·η_t/η_max, as :class:`smdyn.CorrectedWeightDecay` sets it); and ``rotation``
+(:class:`smdyn.RotationController`: Δ_t = Δ*_t exactly at the initial norm). For each it gives the per-step
+readings of :mod:`smdyn._plan_series` (Δ/Δ*, ‖w‖/w*, ‖g‖/‖w‖ against its steady state, steps behind the
+schedule, the early excess), and for every learning-rate change Corollary 3.1's estimate
+⌈ln(k)(1−α)/(2λη)⌉ (η after the change; ⌈ln(k)/(2λη)⌉ for decoupled decay) and the recurrence's own lag:
+steps until Δ stays within 10%, 5% and 1% of the new equilibrium, continuing with the lr held where the next
+change comes first.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,128 +35,35 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from smdyn import dynamics, theory
+from smdyn import _plan_series, theory
+from smdyn._plan_models import SgdModel
+from smdyn._plan_setup import controls, l_sequence, lr_sequence, setup
 from smdyn._rescale_rule import LrRule, check_rule_args
-from smdyn.dynamics import GramState
 
 __all__ = ["PlanResult", "plan"]
 
 _TOLS = (0.10, 0.05, 0.01)
 _HELD_CAP = 4_000_000  # steps searched past the stages' ends for their lags, in all (~3 s); beyond: inf
+PERCENTS = (0, 10, 25, 50, 75, 90, 100)
 
-Schedule = Callable[[int], float] | Sequence[tuple[int, float]] | Mapping[str, Any] | None
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _number(name: str, value: Any, *, low: float | None = None, strict: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or (low is not None and (v <= low if strict else v < low)):
-        bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
-        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
-    return v
-
-
-def _lr_sequence(schedule: Schedule, lr: float, steps: int) -> NDArray[np.float64]:
-    """The learning rate of every step 0..steps−1 described by ``schedule`` (see :func:`plan`)."""
-    if schedule is None:
-        out = np.full(steps, lr)
-    elif callable(schedule):
-        out = np.array([lr * float(schedule(t)) for t in range(steps)], dtype=np.float64)
-    elif isinstance(schedule, Mapping):
-        out = _torch_schedule(schedule, lr, steps)
-    elif isinstance(schedule, Sequence) and not isinstance(schedule, str):
-        out = np.full(steps, lr)
-        last = -1
-        for item in schedule:
-            if not (isinstance(item, Sequence) and len(item) == 2):
-                raise TypeError(f"schedule: milestones must be (step, lr) pairs, got {item!r}")
-            step, value = item
-            if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step <= last:
-                raise ValueError(f"schedule: milestone steps must be increasing ints >= 0, got {step!r}")
-            if step >= steps:
-                raise ValueError(f"schedule: milestone step {step} is not before the end (steps = {steps})")
-            last = int(step)
-            out[last:] = _number("schedule lr", value, low=0.0)
-    else:
-        raise TypeError(
-            "schedule must be None, a callable step -> lr multiplier, a list of (step, lr) milestones or a "
-            f"mapping naming a torch.optim.lr_scheduler class, got {type(schedule).__name__}"
-        )
-    bad = np.flatnonzero(~(np.isfinite(out) & (out > 0)))
-    if bad.size:
-        raise ValueError(
-            f"schedule gives lr {out[bad[0]]!r} at step {bad[0]}: the plan needs lr > 0 at every step "
-            "(a schedule that ends at 0 can end at a small positive eta_min instead)"
-        )
-    return out
-
-
-def _torch_schedule(spec: Mapping[str, Any], lr: float, steps: int) -> NDArray[np.float64]:
-    """Step a real torch scheduler on a dummy parameter, so its semantics are torch's own."""
-    import torch
-
-    kwargs = dict(spec)
-    name = kwargs.pop("name", None)
-    cls = getattr(torch.optim.lr_scheduler, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.lr_scheduler.LRScheduler)):
-        raise ValueError(
-            f"schedule['name'] must name a torch.optim.lr_scheduler.LRScheduler class, got {name!r}"
-        )
-    if cls is torch.optim.lr_scheduler.ReduceLROnPlateau:
-        raise ValueError("schedule: ReduceLROnPlateau depends on a metric; give its drops as milestones")
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=lr)
-    try:
-        sched = cls(opt, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"schedule: {name}({', '.join(kwargs)}) is not a valid call: {exc}") from exc
-    out = np.empty(steps)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the dummy step is a no-op
-        for t in range(steps):
-            out[t] = float(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-    return out
-
-
-def _l_sequence(L: float | Callable[[int], float] | None, steps: int) -> NDArray[np.float64]:
-    if L is None:
-        return np.ones(steps)
-    if callable(L):
-        out = np.array([float(L(t)) for t in range(steps)], dtype=np.float64)
-        bad = np.flatnonzero(~(np.isfinite(out) & (out > 0)))
-        if bad.size:
-            raise ValueError(f"L must be > 0 and finite at every step, got {out[bad[0]]!r} at step {bad[0]}")
-        return out
-    return np.full(steps, _number("L", L, low=0.0))
+Schedule = Callable[[int], float] | Sequence[tuple[int, float]] | Mapping[str, Any] | Any | None
+Array = NDArray[np.float64]
 
 
 # --------------------------------------------------------------------------------------------------
-# The recurrence (smdyn.dynamics), run over the schedule
+# The recurrences, run over the schedule
 
 
 @dataclass
 class _Trajectory:
-    angular_update: NDArray[np.float64]
-    weight_norm: NDArray[np.float64]
-    factor: NDArray[np.float64]  # weight factor applied before each step (1.0 where none)
-    states: dict[int, GramState]  # state before step t, at each stage end t
+    angular_update: Array
+    weight_norm: Array
+    factor: Array  # weight factor applied before each step (1.0 where none)
+    states: dict[int, Any]  # state before step t, at each stage end t
 
 
 def _simulate(
-    lrs: NDArray[np.float64],
-    ls: NDArray[np.float64],
-    wd: float,
-    a: float,
-    start: GramState,
-    rule: LrRule | None,
-    ends: Sequence[int],
+    model: Any, lrs: Array, ls: Array, wds: Array, start: Any, rule: LrRule | None, ends: Sequence[int]
 ) -> _Trajectory:
     """Run the recurrence stage by stage; the rule's factors depend on the lrs only, so come first."""
     fac = np.ones(len(lrs))
@@ -159,13 +73,18 @@ def _simulate(
     states = {}
     s, b0 = start, 0
     for b1 in ends:
-        norm_sq[b0:b1], delta[b0:b1], s = dynamics.run(s, lrs[b0:b1], wd, a, ls[b0:b1], fac[b0:b1])
+        norm_sq[b0:b1], delta[b0:b1], s = model.run(s, lrs[b0:b1], wds[b0:b1], ls[b0:b1], fac[b0:b1])
         states[b1], b0 = s, b1
     return _Trajectory(delta, np.sqrt(norm_sq), fac, states)
 
 
+def _rotation(star: Array, norm: float) -> _Trajectory:
+    """The rotation controller: Δ_t = Δ*_t at a fixed norm, with nothing to simulate."""
+    return _Trajectory(star.copy(), np.full(len(star), norm), np.ones(len(star)), {})
+
+
 def _held_lags(
-    s: GramState, lr: float, wd: float, a: float, L: float, done: int, cap: int
+    model: Any, s: Any, lr: float, wd: float, L: float, done: int, cap: int
 ) -> tuple[list[float], int]:
     """Continue with the lr held from state s (``done`` steps into the stage): lag for each tolerance.
 
@@ -173,16 +92,16 @@ def _held_lags(
     after ``cap`` steps, giving ``inf`` for the tolerances not reached by then. Returns the lags and the
     steps it ran.
     """
-    ref = float(dynamics.equilibrium_delta(lr, wd, a))
+    ref = float(model.fixed_delta(np.array([lr]), np.array([wd]))[0])
     hi, mid, lo = (ref * (1.0 + t) for t in _TOLS)
     hi_l, mid_l, lo_l = (ref * (1.0 - t) for t in _TOLS)
     calm_hi, calm_lo = ref * (1.0 + 0.5 * _TOLS[-1]), ref * (1.0 - 0.5 * _TOLS[-1])
     out10 = out5 = out1 = -1
-    settle = 50 + int(20 / (1.0 - a))
+    settle = 50 + int(20 / (1.0 - model.momentum))
     calm = 0
-    step = dynamics.step
+    step = model.stepper(lr, wd, L)
     for j in range(cap):
-        s, d = step(s, lr, wd, a, L)
+        s, d = step(s)
         if d > lo or d < lo_l:
             out1 = j
             if d > mid or d < mid_l:
@@ -204,44 +123,83 @@ def _held_lags(
 
 @dataclass
 class PlanResult:
-    """What :func:`plan` predicts: per-step series and one row per (stage, variant).
+    """What :func:`plan` predicts: per-step series per control, and one row per (stage, control).
 
     Attributes:
         lr: learning rate of every step.
         L: the unit-gradient norm used at every step.
-        theory_angular_update: Δ*_t = √(2λη_t/(1+α)) (Thm 3).
-        theory_weight_norm: w*_t (Thm 2, exact fixed-point form) for L_t.
-        runs: per variant (``"none"``, ``"rescaled"``): ``angular_update`` Δ_t and ``weight_norm`` ‖w_t‖
-            of the recurrence, and ``factor``, the rescale applied before each step.
-        stages: one dict per (stage, variant); see :meth:`table`.
-        settings: the arguments of the plan.
+        theory_angular_update: Δ*_t of the rule at (η_t, λ) (Thm 3 for SGD(M)).
+        theory_weight_norm: w*_t of the rule at (η_t, λ) (Thm 2, exact fixed-point form, for L_t).
+        runs: per control (``"none"``, ``"rescaled"``, ``"corrected_decay"``, ``"rotation"``):
+            ``angular_update`` Δ_t and ``weight_norm`` ‖w_t‖ (entering step t, after any rescale), ``factor``
+            (the rescale applied before each step), ``weight_decay`` λ_t, the control's own equilibrium
+            ``theory_angular_update`` Δ*_t and ``theory_weight_norm`` w*_t (the rotation controller's is its
+            fixed norm), and the readings of :mod:`smdyn._plan_series`: ``delta_ratio``, ``norm_ratio``,
+            ``grad_weight_ratio`` (‖g‖/‖w‖ with ‖g̃‖² = L_t), ``steady_grad_weight_ratio`` (its value at
+            w*_t), ``grad_ratio`` (their quotient, (w*_t/‖w_t‖)²) and ``lag`` (steps behind the schedule).
+        stages: one dict per (stage, control); see :meth:`table`.
+        settings: the arguments of the plan, with the rule's ``optimizer`` name and ``family``.
+        early: per control, the excess from the start: ``peak`` Δ/Δ*, at ``peak_step``, and ``settle``,
+            the first step with Δ within 10% of Δ* (``inf`` if never).
     """
 
-    lr: NDArray[np.float64]
-    L: NDArray[np.float64]
-    theory_angular_update: NDArray[np.float64]
-    theory_weight_norm: NDArray[np.float64]
-    runs: dict[str, dict[str, NDArray[np.float64]]]
+    lr: Array
+    L: Array
+    theory_angular_update: Array
+    theory_weight_norm: Array
+    runs: dict[str, dict[str, Array]]
     stages: list[dict[str, Any]]
     settings: dict[str, Any] = field(default_factory=dict)
+    early: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
-        """One dict per (stage, variant).
+        """One dict per (stage, control).
 
-        Keys: ``stage``, ``variant``, ``start``, ``end`` (exclusive), ``lr`` (at the stage's start),
-        ``lr_end``, ``k`` (lr before / lr after the change; NaN for the first stage),
+        Keys: ``stage``, ``variant`` (the control), ``start``, ``end`` (exclusive), ``lr`` (at the stage's
+        start), ``lr_end``, ``k`` (lr before / lr after the change; NaN for the first stage),
         ``theory_angular_update`` (Δ* at the start), ``ratio_at_start`` (Δ/Δ* on the first step),
-        ``corollary_3_1`` (Corollary 3.1's steps; NaN where there is no change), ``lag_10``, ``lag_5``,
-        ``lag_1`` (steps from the stage's start until Δ stays within 10/5/1% of the equilibrium; past the
-        stage's end the lr is held; ``inf`` if not reached within ``lag_search`` steps — a stage whose lr
-        varies is not continued), ``lag_search``,
+        ``corollary_3_1`` (Corollary 3.1's steps, ⌈ln(k)/(2λη)⌉ for decoupled decay; NaN where there is
+        no change), ``lag_10``, ``lag_5``, ``lag_1`` (steps from the stage's start until Δ stays within
+        10/5/1% of the equilibrium; past the stage's end the lr is held; ``inf`` if not reached within
+        ``lag_search`` steps — a stage whose lr varies is not continued), ``lag_search``,
         ``mean_abs_deviation`` (mean |Δ/Δ* − 1| over the stage), ``in_equilibrium`` (``"yes"`` when the
         lag at the plan's ``tol`` fits in the stage).
         """
         return [dict(row) for row in self.stages]
 
+    def progress(self, percents: Sequence[float] = PERCENTS) -> list[dict[str, Any]]:
+        """One dict per (percent of the run, control): the readings at that step (the last for 100).
+
+        Keys: ``percent``, ``step``, ``lr``, ``control``, ``delta_ratio`` Δ/Δ*, ``norm_ratio`` ‖w‖/w*,
+        ``grad_ratio`` ‖g‖/‖w‖ over its steady state, ``steady_rise`` (the steady state over its value at
+        the step of the largest lr), ``grad_rise`` (‖g‖/‖w‖ over its value there) and ``lag``.
+        """
+        n, rows = len(self.lr), []
+        for p in percents:
+            t = min(n - 1, max(0, round(float(p) / 100.0 * (n - 1))))
+            rows += [{"percent": p, **r} for r in _plan_series.at_step(self.runs, self.lr, t)]
+        return rows
+
+    def at_end(self) -> dict[str, dict[str, Any]]:
+        """Per control, the readings at the last step: how far out of equilibrium the run ends."""
+        return {r["control"]: r for r in _plan_series.at_step(self.runs, self.lr, len(self.lr) - 1)}
+
+    def summary(self) -> str:
+        """How far out of equilibrium the run is at its last step, one line per control."""
+        lines = [f"At the last step ({len(self.lr) - 1}, lr {self.lr[-1]:.4g}):"]
+        for name, r in self.at_end().items():
+            lag = (
+                "" if math.isnan(r["lag"]) or r["lag"] == 0 else f", {r['lag']:.0f} steps behind the schedule"
+            )
+            lines.append(
+                f"  {name:>15}: Δ/Δ* = {r['delta_ratio']:.3f}; ‖g‖/‖w‖ = {r['grad_ratio']:.3f}× its steady "
+                f"state, which is {r['steady_rise']:.3f}× its value at the peak lr (so ‖g‖/‖w‖ is "
+                f"{r['grad_rise']:.3f}× its value there){lag}"
+            )
+        return "\n".join(lines)
+
     def to_string(self) -> str:
-        """The table as aligned text, one line per (stage, variant)."""
+        """The stage table, then the readings per percent of the run, as aligned text."""
         head = (
             "stage",
             "steps",
@@ -279,13 +237,17 @@ class PlanResult:
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
         s = self.settings
-        rule = "SGD" if s["momentum"] == 0 else f"SGDM α={s['momentum']:g}"
+        if s.get("family", "sgd") == "sgd":
+            rule = "SGD" if s["momentum"] == 0 else f"SGDM α={s['momentum']:g}"
+        else:
+            rule = f"{s['optimizer']} β={s['momentum']:g}"
         title = (
             f"{rule}, λ={s['wd']:g}, "
             f"{len(self.lr)} steps; rescale mode {s['mode']!r}. Lags: steps until Δ stays within the "
             "tolerance of its equilibrium (noiseless recurrence)."
         )
-        return "\n".join([title, *lines])
+        progress = _plan_series.format_rows(self.progress(), ("percent", "step", "lr"))
+        return "\n".join([title, *lines, "", "Readings per percent of the run:", *progress])
 
     def __str__(self) -> str:
         return self.to_string()
@@ -305,39 +267,66 @@ def _fmt_lag(value: float, searched: int) -> str:
 
 def plan(
     schedule: Schedule,
-    lr: float,
-    wd: float,
-    momentum: float = 0.0,
+    lr: float | None = None,
+    wd: float | None = None,
+    momentum: float | None = None,
     L: float | Callable[[int], float] | None = None,
     steps: int | None = None,
-    rescale: bool | str = "both",
+    rescale: bool | str | None = None,
     *,
     mode: str = "drops",
     threshold: float = 0.2,
     floor: float = 0.1,
     w0: float | None = None,
     tol: float = 0.05,
+    optimizer: Any = None,
+    rule: Any = None,
+    control: str | Sequence[str] | None = None,
+    numel: float | None = None,
+    shape: Sequence[int] | None = None,
+    reference_lr: float | None = None,
+    beta2: float | None = None,
+    group: int = 0,
 ) -> PlanResult:
-    """Predict Δ*_t, Δ_t and ‖w_t‖ for a schedule, and the lag after each lr change, without training.
+    """Predict Δ*_t, Δ_t and ‖w_t‖ for a schedule, rule and control, and the lag after each lr change.
 
     Args:
         schedule: the learning rate over the steps, one of: ``None`` (constant ``lr``); a callable
-            ``step -> multiplier`` of ``lr`` (as ``LambdaLR``); a list of ``(step, lr)`` milestones (the lr
+            ``step -> multiplier`` of ``lr`` (as ``LambdaLR``; :mod:`smdyn.schedules` has warm-up + cosine,
+            warm-up + linear, WSD and cosine with restarts); a list of ``(step, lr)`` milestones (the lr
             from that step on; ``lr`` before the first); a mapping ``{"name": "MultiStepLR", "milestones":
-            [...], "gamma": 0.1}`` naming any ``torch.optim.lr_scheduler`` class with its arguments (it is
-            stepped once per step on a dummy optimizer, so the semantics are torch's).
-        lr: the base learning rate η (> 0).
-        wd: weight decay λ (> 0), coupled as in ``torch.optim.SGD``.
-        momentum: heavy-ball momentum α in [0, 1).
+            [...], "gamma": 0.1}`` naming any ``torch.optim.lr_scheduler`` class with its arguments (stepped
+            on a dummy optimizer, so the semantics are torch's); or a torch LR scheduler *instance* built on
+            your optimizer: its lrs are read from its current position on a deep copy whose optimizer is a
+            stand-in (:func:`smdyn.schedules.scheduler_lrs`: your optimizer and scheduler are untouched),
+            and the rule, λ and momentum come from that optimizer's param group ``group``.
+        lr: the base learning rate η (> 0); None with a scheduler or optimizer instance (read from it).
+        wd: weight decay λ (> 0), coupled for SGD, decoupled for AdamW, Lion and Muon; None: read from an
+            optimizer instance.
+        momentum: heavy-ball α, or β₁ (AdamW, Lion), μ (Muon), in [0, 1); default: the optimizer
+            instance's, else 0 for SGD, 0.9 for AdamW and Lion, 0.95 for Muon.
         L: E‖g̃‖² (SGD) or E h̃ (SGDM): a constant (default 1; Δ does not depend on it) or a callable
-            ``step -> L``.
+            ``step -> L``. For decoupled rules it only sets the scale of ‖g‖/‖w‖.
         steps: the number of optimizer steps (required).
-        rescale: ``False`` (no rescaling), ``True`` (as :class:`smdyn.Rescaler` does) or ``"both"``.
+        rescale: ``False`` (no rescaling), ``True`` (as :class:`smdyn.Rescaler` does) or ``"both"`` (the
+            default when ``control`` is not given). Give ``rescale`` or ``control``, not both.
         mode, threshold, floor: the :class:`smdyn.Rescaler` settings to mirror; ``threshold`` also splits
             the schedule into stages (a change with |ln(lr_t/lr_{t−1})| > −ln(1 − threshold)).
-        w0: initial weight norm with a zero momentum buffer (a fresh start); default: start at the
-            equilibrium of the first lr.
+        w0: initial weight norm with an empty optimizer state (a fresh start); default: start at the
+            equilibrium of the first step's settings.
         tol: tolerance of the verdict ``in_equilibrium`` (one of 0.10, 0.05, 0.01).
+        optimizer: ``"sgd"`` (default), ``"adamw"``, ``"lion"`` (β₂ = 0.99), ``"muon"`` (needs ``shape``),
+            or a torch optimizer instance (its rule from :func:`smdyn.rules.rule_for`).
+        rule: a :class:`smdyn.rules.Rule` instead of ``optimizer``.
+        control: ``"none"``, ``"rescale"``, ``"corrected_decay"``, ``"rotation"``, a list of them, or
+            ``"all"``: one run each, under its run name (``"rescale"`` runs as ``"rescaled"``).
+        numel: C, the weight's element count, for the norms of decoupled rules (w* ∝ √C); default: the
+            product of ``shape``, else 1 (norms are then RMS values per element).
+        shape: the weight's (rows, cols), for Muon.
+        reference_lr: η_max of the corrected decay, as :class:`smdyn.CorrectedWeightDecay` takes it;
+            default: the largest lr of the plan so far at each step.
+        beta2: β₂ of AdamW (default: the optimizer instance's, else 0.999) and Lion (0.99).
+        group: the param group of an optimizer or scheduler instance to read.
 
     Returns:
         A :class:`PlanResult`.
@@ -345,73 +334,142 @@ def plan(
     Raises:
         ValueError, TypeError: for bad arguments, naming the argument.
     """
-    lr = _number("lr", lr, low=0.0)
-    wd = _number("wd", wd, low=0.0)
-    a = _number("momentum", momentum, low=0.0, strict=False)
-    if a >= 1:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-    if steps is None or isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
-    if rescale not in (False, True, "both"):
-        raise ValueError(f"rescale must be False, True or 'both', got {rescale!r}")
+    steps, w0, reference_lr = _check_plan_args(steps, tol, w0, reference_lr)
+    variants = controls(control, rescale)
     check_rule_args(mode, threshold, floor)
-    if tol not in _TOLS:
-        raise ValueError(f"tol must be one of {_TOLS}, got {tol!r}")
-    steps = int(steps)
-    lrs = _lr_sequence(schedule, lr, steps)
-    ls = _l_sequence(L, steps)
-    if np.any(lrs * wd >= 2.0 * (1.0 + a)):
-        raise ValueError("lr * wd must be < 2 * (1 + momentum) at every step for an equilibrium to exist")
-    if w0 is None:
-        start = dynamics.fixed_point(float(ls[0]), float(lrs[0]), wd, a)
-    else:
-        start = GramState.at_rest(_number("w0", w0, low=0.0))
-
+    su = setup(schedule, lr, wd, momentum, optimizer, rule, numel, shape, beta2, group, steps, w0 is not None)
+    model, wd, a = su.model, su.wd, su.momentum
+    lrs = su.lrs if su.lrs is not None else lr_sequence(schedule, su.lr, steps)
+    ls = l_sequence(L, steps)
+    decays = {name: _weight_decay(name, lrs, wd, reference_lr) for name in variants}
+    for wds in decays.values():
+        _check_stable(model, lrs, wds, a)
     limit = -math.log(1.0 - threshold) if threshold > 0 else 0.0
     jumps = np.abs(np.diff(np.log(lrs)))
     bounds = [0, *(int(t) + 1 for t in np.flatnonzero(jumps > limit)), steps]
-    variants = {False: ["none"], True: ["rescaled"], "both": ["none", "rescaled"]}[rescale]
-    star = np.asarray(theory.angular_update(lrs, wd, a))
-    ref = np.asarray(dynamics.equilibrium_delta(lrs, wd, a))
-    runs, rows = {}, []
+    nominal = np.full(steps, wd)
+    star, w_star = model.theory(su.rule, lrs, nominal, ls)
+    runs, rows, early = {}, [], {}
     for name in variants:
-        rule = (
-            LrRule(mode, float(threshold), float(floor), dynamics.NORM_EXPONENT)
-            if name == "rescaled"
-            else None
+        lr_rule = LrRule(mode, float(threshold), float(floor), su.rule.norm_exponent)
+        traj, runs[name] = _run_control(
+            name, su, lrs, ls, decays[name], w0, lr_rule if name == "rescaled" else None, bounds, star, w_star
         )
-        traj = _simulate(lrs, ls, wd, a, start, rule, bounds[1:])
-        runs[name] = {
-            "angular_update": traj.angular_update,
-            "weight_norm": traj.weight_norm,
-            "factor": traj.factor,
-        }
+        early[name] = _plan_series.early_excess(runs[name]["delta_ratio"])
+        ref = traj.states.pop("ref")
         for i, (b0, b1) in enumerate(itertools.pairwise(bounds)):
-            rows.append(_stage_row(i, name, b0, b1, lrs, ls, wd, a, traj, star, ref, tol))
-    _continue_held(rows, wd, a)
+            rows.append(
+                _stage_row(i, name, b0, b1, lrs, ls, decays[name], model, traj,
+                           runs[name]["theory_angular_update"], ref, tol)
+            )  # fmt: skip
+    _continue_held(rows, model)
     rows.sort(key=lambda r: (r["stage"], variants.index(r["variant"])))
-    return PlanResult(
-        lr=lrs,
-        L=ls,
-        theory_angular_update=star,
-        theory_weight_norm=np.asarray(theory.weight_norm(ls, lrs, wd, a)),
-        runs=runs,
-        stages=rows,
-        settings={
-            "lr": lr,
-            "wd": wd,
-            "momentum": a,
-            "L": float(ls[0]),
-            "L_varies": bool(np.any(ls != ls[0])),
-            "steps": steps,
-            "rescale": rescale,
-            "mode": mode,
-            "threshold": threshold,
-            "floor": floor,
-            "w0": w0,
-            "tol": tol,
-        },
-    )
+    rescaler = {"mode": mode, "threshold": threshold, "floor": floor}
+    rescale = rescale if control is None else None
+    settings = _settings(su, variants, ls, steps, rescale, w0, tol, reference_lr, **rescaler)
+    return PlanResult(lrs, ls, star, w_star, runs, rows, settings, early)
+
+
+def _check_plan_args(
+    steps: Any, tol: Any, w0: Any, reference_lr: Any
+) -> tuple[int, float | None, float | None]:
+    if steps is None or isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if tol not in _TOLS:
+        raise ValueError(f"tol must be one of {_TOLS}, got {tol!r}")
+    w0 = None if w0 is None else _number("w0", w0)
+    reference_lr = None if reference_lr is None else _number("reference_lr", reference_lr)
+    return int(steps), w0, reference_lr
+
+
+def _settings(
+    su: Any,
+    variants: list[str],
+    ls: Array,
+    steps: int,
+    rescale: Any,
+    w0: float | None,
+    tol: float,
+    reference_lr: float | None,
+    **rescaler: Any,
+) -> dict[str, Any]:
+    """The arguments of the plan as resolved (rule name and family, controls), for the result."""
+    return {
+        "lr": su.lr,
+        "wd": su.wd,
+        "momentum": su.momentum,
+        "optimizer": su.rule.name,
+        "family": su.rule.family,
+        "controls": list(variants),
+        "numel": su.numel,
+        "L": float(ls[0]),
+        "L_varies": bool(np.any(ls != ls[0])),
+        "steps": steps,
+        "rescale": rescale,
+        **rescaler,
+        "w0": w0,
+        "tol": tol,
+        "reference_lr": reference_lr,
+    }
+
+
+def _run_control(
+    name: str,
+    su: Any,
+    lrs: Array,
+    ls: Array,
+    wds: Array,
+    w0: float | None,
+    lr_rule: LrRule | None,
+    bounds: Sequence[int],
+    star: Array,
+    w_star: Array,
+) -> tuple[_Trajectory, dict[str, Array]]:
+    """One control's trajectory and its per-step series (the fixed-point Δ stored as ``states["ref"]``)."""
+    model, steps = su.model, len(lrs)
+    if name == "rotation":
+        fixed = float(w_star[0]) if w0 is None else w0
+        traj, d_star, n_star, ref = _rotation(star, fixed), star, np.full(steps, fixed), star
+    else:
+        start = model.start(w0, float(lrs[0]), float(wds[0]), float(ls[0]))
+        traj = _simulate(model, lrs, ls, wds, start, lr_rule, bounds[1:])
+        d_star, n_star = (star, w_star) if name != "corrected_decay" else model.theory(su.rule, lrs, wds, ls)
+        ref = model.fixed_delta(lrs, wds)
+    traj.states["ref"] = ref
+    series = {
+        "angular_update": traj.angular_update,
+        "weight_norm": traj.weight_norm,
+        "factor": traj.factor,
+        "weight_decay": wds,
+        "theory_angular_update": d_star,
+        "theory_weight_norm": n_star,
+        **_plan_series.diagnostics(traj.angular_update, traj.weight_norm, d_star, n_star, ls),
+    }
+    return traj, series
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _weight_decay(name: str, lrs: Array, wd: float, reference_lr: float | None) -> Array:
+    """λ_t of a control: λ, or λ·η_t/η_max for the corrected decay (η_max: reference_lr or the peak)."""
+    if name != "corrected_decay":
+        return np.full(len(lrs), wd)
+    peak = np.full(len(lrs), reference_lr) if reference_lr is not None else np.maximum.accumulate(lrs)
+    return wd * lrs / peak
+
+
+def _check_stable(model: Any, lrs: Array, wds: Array, a: float) -> None:
+    if isinstance(model, SgdModel):
+        if np.any(lrs * wds >= 2.0 * (1.0 + a)):
+            raise ValueError("lr * wd must be < 2 * (1 + momentum) at every step for an equilibrium to exist")
+    elif np.any(lrs * wds >= 1.0):
+        raise ValueError("lr * wd must be < 1 at every step under decoupled decay (the factor 1 − lr·wd > 0)")
 
 
 def _stage_row(
@@ -419,17 +477,17 @@ def _stage_row(
     name: str,
     b0: int,
     b1: int,
-    lrs: NDArray[np.float64],
-    ls: NDArray[np.float64],
-    wd: float,
-    a: float,
+    lrs: Array,
+    ls: Array,
+    wds: Array,
+    model: Any,
     traj: _Trajectory,
-    star: NDArray[np.float64],
-    ref: NDArray[np.float64],
+    star: Array,
+    ref: Array,
     tol: float,
 ) -> dict[str, Any]:
     err = np.abs(traj.angular_update[b0:b1] / ref[b0:b1] - 1.0)
-    constant = bool(np.all(lrs[b0:b1] == lrs[b0])) and bool(np.all(ls[b0:b1] == ls[b0]))
+    constant = all(bool(np.all(x[b0:b1] == x[b0])) for x in (lrs, ls, wds))
     n = b1 - b0
     lags: list[float] = []
     for t in _TOLS:
@@ -438,8 +496,13 @@ def _stage_row(
     k = math.nan if i == 0 else float(lrs[b0 - 1] / lrs[b0])
     cor = math.nan
     if i > 0 and k != 1.0:
-        cor = float(theory.steps_to_new_equilibrium(k, float(lrs[b0]), wd, a))
+        eta, lam = float(lrs[b0]), float(wds[b0])
+        if isinstance(model, SgdModel):
+            cor = float(theory.steps_to_new_equilibrium(k, eta, lam, model.momentum))
+        else:
+            cor = float(math.ceil(abs(math.log(k)) / (2.0 * lam * eta)))
     lag_at_tol = lags[_TOLS.index(tol)]
+    held = traj.states.get(b1)
     return {
         "stage": i,
         "variant": name,
@@ -457,11 +520,13 @@ def _stage_row(
         "mean_abs_deviation": float(np.mean(np.abs(traj.angular_update[b0:b1] / star[b0:b1] - 1.0))),
         "in_equilibrium": "yes" if lag_at_tol <= n else "no",
         "lag_search": n,
-        "_held": (traj.states[b1], float(lrs[b0]), float(ls[b0])) if constant else None,
+        "_held": (held, float(lrs[b0]), float(wds[b0]), float(ls[b0]))
+        if constant and held is not None
+        else None,
     }
 
 
-def _continue_held(rows: list[dict[str, Any]], wd: float, a: float) -> None:
+def _continue_held(rows: list[dict[str, Any]], model: Any) -> None:
     """Lags not reached within a stage: continue with its lr held, longest stages first, ``_HELD_CAP`` steps
     in all (a warm-up of one-step stages must not use up the search). Unreached: ``inf``, searched
     ``lag_search`` steps from the stage's start.
@@ -475,7 +540,7 @@ def _continue_held(rows: list[dict[str, Any]], wd: float, a: float) -> None:
         n = row["end"] - row["start"]
         found = [math.inf] * len(lags)
         if held is not None and budget > 0:
-            found, used = _held_lags(held[0], held[1], wd, a, held[2], n, budget)
+            found, used = _held_lags(model, *held, n, budget)
             budget -= used
             row["lag_search"] = n + used
         row["lag_10"], row["lag_5"], row["lag_1"] = (
