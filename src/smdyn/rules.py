@@ -297,7 +297,10 @@ def _muon_rule(
     def norm(lr: Any, wd: Any, mom: Any, numel: Any) -> Any:
         if len(shapes) > 1:  # one aspect ratio, several sizes: U differs, w* is per weight
             return np.full(np.broadcast(lr, wd, mom).shape, np.nan) if np.ndim(lr) else math.nan
-        return theory.muon_weight_norm(lr, wd, shape, mom, nesterov, adjust, *ns)
+        # A row of numel < A·B elements (granularity="channel"): rows are exchangeable, so each holds
+        # numel/(A·B) of ‖w*‖² (measured vs torch.optim.Muon: 0.98-1.00 of this, rows scatter by 8-18%).
+        share = np.sqrt(np.asarray(numel, dtype=np.float64) / (shape[0] * shape[1]))
+        return theory.muon_weight_norm(lr, wd, shape, mom, nesterov, adjust, *ns) * share
 
     return replace(base, theory=True, delta_fn=delta, norm_fn=norm)
 
