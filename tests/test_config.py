@@ -292,7 +292,7 @@ def test_every_shipped_config_validates_and_round_trips(tmp_path: Path, name: st
         assert cfg.data.name in ("cifar10", "imagefolder")
         assert cfg.run.device == "auto"
     else:
-        assert cfg.data.name in ("digits", "mnist1d", "shapes")
+        assert cfg.data.name in ("digits", "mnist1d", "shapes", "text")
         assert cfg.run.device == "cpu" and cfg.run.threads == 2
         assert "runtime" in text.split("[run]")[0].lower(), "the header states the expected runtime"
 

@@ -50,7 +50,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 def test_dataset_names() -> None:
-    assert set(DATASETS) == {"digits", "mnist1d", "shapes", "cifar10", "imagefolder"}
+    assert set(DATASETS) == {"digits", "mnist1d", "shapes", "cifar10", "imagefolder", "text"}
 
 
 def test_load_data_rejects_bad_arguments(tmp_path: Path) -> None:

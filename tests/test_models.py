@@ -353,7 +353,15 @@ def test_resnet50_backward(resnet50_model: nn.Module) -> None:
 
 
 def test_registry_builds_every_model() -> None:
-    assert set(MODELS) == {"resnet18_cifar", "resnet20", "resnet50", "small_bn_cnn", "cnn1d", "mlp_layernorm"}
+    assert set(MODELS) == {
+        "resnet18_cifar",
+        "resnet20",
+        "resnet50",
+        "small_bn_cnn",
+        "cnn1d",
+        "mlp_layernorm",
+        "gpt",
+    }
     assert _n_params(build_model("resnet20", width=8)) == _resnet20_count(8, 3, 10)
     assert (
         _n_params(build_model("mlp_layernorm", in_features=5, hidden=3, depth=1)) == 5 * 3 + 3 + 6 + 30 + 10

@@ -600,7 +600,7 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_experiment_names() -> None:
-    assert EXPERIMENTS == ("fig3", "fig4", "fig5", "fig6", "collapse", "all")
+    assert EXPERIMENTS == ("fig3", "fig4", "fig5", "fig6", "collapse", "transformer", "all")
 
 
 # ---------------------------------------------------------------------------------------------- markdown
@@ -783,3 +783,13 @@ def test_quick_collapse(tmp_path: Path) -> None:
     assert last["reason"].str.contains("collapsing").mean() >= 0.5
     c = _claims(tmp_path)["collapse_flagged"]
     assert c["measured"]["median_rms_ratio"] < 0.8
+
+
+def test_markdown_puts_claims_beyond_the_paper_in_their_own_table(tmp_path: Path) -> None:
+    paper = _claims_doc(tmp_path / "fig3", "fig3", False, "2026-01-01T00:00:00", "reproduced", "p = 1%")
+    beyond = _claims_doc(tmp_path / "tr", "transformer", False, "2026-01-01T00:00:00", "partly", "b = 9%")
+    text = reproduction_markdown([beyond, paper])
+    claims, rest = text.split("## Beyond the paper")
+    assert "p = 1%" in claims and "b = 9%" not in claims
+    assert "b = 9%" in rest.split("## Experiments")[0]
+    assert "| Claim | Source |" in rest

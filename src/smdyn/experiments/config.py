@@ -7,9 +7,9 @@ and how the monitor samples it. A TOML file names them in seven sections::
     [run]       name, seed, steps, eval_every, log_every, checkpoint_every, threads, device
     [data]      name, root, seed, batch_size, options = {...}
     [model]     name, options = {...}
-    [optim]     name (sgd | adam | adamw), lr, momentum, weight_decay, nesterov, betas
+    [optim]     name (sgd | adam | adamw | muon), lr, momentum, weight_decay, nesterov, betas, adamw_lr
     [schedule]  kind (constant | multistep | step | cosine), milestones, gamma, step_size, warmup
-    [monitor]   every, granularity, window, flush_every, tol, params ("auto" or a list of names)
+    [monitor]   every, granularity, window, flush_every, tol, params ("auto", "matrices" or a list of names)
     [rescale]   enabled, mode (drops | continuous)
 
 Every section and key may be left out (the defaults are the dataclass defaults below). An unknown section or
@@ -51,7 +51,7 @@ __all__ = [
     "shipped_configs",
 ]
 
-_OPTIMIZERS = ("sgd", "adam", "adamw")
+_OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 _SCHEDULES = ("constant", "multistep", "step", "cosine")
 # The data sets the loader knows; read from the data module when it is importable (see `_dataset_names`).
 _DATASETS_FALLBACK = ("digits", "mnist1d", "shapes", "cifar10", "imagefolder")
@@ -92,14 +92,20 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """The update rule. ``sgd`` with ``nesterov = false`` is exactly Eqs 10–11 (coupled weight decay)."""
+    """The update rule. ``sgd`` with ``nesterov = false`` is exactly Eqs 10–11 (coupled weight decay).
+
+    ``muon``: ``torch.optim.Muon`` (lr, weight_decay, momentum, nesterov) on the hidden 2-D weights of a model
+    that declares them (``parameter_roles``, as ``gpt`` does), AdamW (``adamw_lr``, ``betas``,
+    ``weight_decay``) on the rest, stepped together.
+    """
 
     name: str = "sgd"
     lr: float = 0.1  # η (peak value; the schedule multiplies it)
-    momentum: float = 0.0  # α (sgd only)
-    weight_decay: float = 5e-4  # λ: coupled for sgd and adam, decoupled for adamw
-    nesterov: bool = False  # sgd only; no equilibrium theory is derived for it
-    betas: tuple[float, float] = (0.9, 0.999)  # adam and adamw only
+    momentum: float = 0.0  # α (sgd), μ (muon)
+    weight_decay: float = 5e-4  # λ: coupled for sgd and adam, decoupled for adamw and muon
+    nesterov: bool = False  # sgd (no equilibrium theory is derived for it) and muon
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw and the AdamW part of muon
+    adamw_lr: float | None = None  # muon only: the AdamW part's lr (default: lr)
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,9 @@ class MonitorConfig:
     window: int = 200  # recorded steps in the RMS Δ and L windows (the paper's Fig 3 uses 200)
     flush_every: int = 100  # recorded steps per transfer to the host and metrics.csv
     tol: float = 0.1  # in equilibrium when |RMS Δ/Δ* − 1| <= tol over a full window
-    params: str | tuple[str, ...] = "auto"  # "auto" or parameter names ("a.weight+a.bias" for a pair)
+    # "auto" (the scale-invariant weights), "matrices" (every weight of 2 or more dimensions, invariant or
+    # not) or parameter names ("a.weight+a.bias" for a pair)
+    params: str | tuple[str, ...] = "auto"
 
 
 @dataclass(frozen=True)
@@ -226,6 +234,7 @@ def _type_name(hint: Any) -> str:
         tuple[int, ...]: "a list of integers",
         tuple[float, float]: "a list of two numbers",
         str | None: "a string",
+        float | None: "a number",
         str | tuple[str, ...]: '"auto" or a list of strings',
     }
     return names.get(hint, str(hint))
@@ -244,7 +253,7 @@ def _convert(hint: Any, value: Any) -> Any:
         return value
     if hint is int and is_int(value):
         return value
-    if hint is float and is_num(value):
+    if hint in (float, float | None) and is_num(value):
         return float(value)
     if hint in (str, str | None) and isinstance(value, str):
         return value
@@ -347,12 +356,16 @@ def _check_values(cfg: Config, problems: _Problems) -> None:
         bad("optim", "weight_decay", o.weight_decay, "must be a finite number >= 0")
     if not all(0 <= b < 1 for b in o.betas):
         bad("optim", "betas", list(o.betas), "each must be in [0, 1)")
-    if o.name != "sgd" and o.momentum != 0:
-        bad("optim", "momentum", o.momentum, f"applies to sgd only ({o.name} uses betas)")
-    if o.name != "sgd" and o.nesterov:
-        bad("optim", "nesterov", o.nesterov, "applies to sgd only")
+    if o.name not in ("sgd", "muon") and o.momentum != 0:
+        bad("optim", "momentum", o.momentum, f"applies to sgd only, and to muon ({o.name} uses betas)")
+    if o.name not in ("sgd", "muon") and o.nesterov:
+        bad("optim", "nesterov", o.nesterov, "applies to sgd only, and to muon")
     if o.name == "sgd" and o.nesterov and o.momentum == 0:
         bad("optim", "nesterov", o.nesterov, "needs momentum > 0")
+    if o.adamw_lr is not None and o.name != "muon":
+        bad("optim", "adamw_lr", o.adamw_lr, f"applies to muon only, not {o.name!r}")
+    if o.adamw_lr is not None and not (finite(o.adamw_lr) and o.adamw_lr > 0):
+        bad("optim", "adamw_lr", o.adamw_lr, "must be a finite number > 0")
 
     s = cfg.schedule
     if s.kind not in _SCHEDULES:
@@ -387,8 +400,8 @@ def _check_values(cfg: Config, problems: _Problems) -> None:
         bad("monitor", "flush_every", m.flush_every, "must be >= 1")
     if not (finite(m.tol) and m.tol > 0):
         bad("monitor", "tol", m.tol, "must be a finite number > 0")
-    if isinstance(m.params, str) and m.params != "auto":
-        bad("monitor", "params", m.params, "must be 'auto' or a list of parameter names")
+    if isinstance(m.params, str) and m.params not in ("auto", "matrices"):
+        bad("monitor", "params", m.params, "must be 'auto', 'matrices' or a list of parameter names")
     if not isinstance(m.params, str) and not m.params:
         bad("monitor", "params", list(m.params), "an empty list monitors nothing; use 'auto'")
 
@@ -401,6 +414,8 @@ def _check_values(cfg: Config, problems: _Problems) -> None:
             True,
             "Adam with L2 weight decay has no derived equilibrium law to rescale by; use sgd or adamw",
         )
+    if cfg.rescale.enabled and o.name == "muon":
+        bad("rescale", "enabled", True, "rescaling is not supported with muon's two optimizers")
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: str | None = None) -> Config:

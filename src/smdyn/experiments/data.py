@@ -45,7 +45,7 @@ from smdyn.experiments.checks import as_int
 
 __all__ = ["DATASETS", "DataSource", "load_data", "random_crop", "random_flip"]
 
-DATASETS: tuple[str, ...] = ("digits", "mnist1d", "shapes", "cifar10", "imagefolder")
+DATASETS: tuple[str, ...] = ("digits", "mnist1d", "shapes", "cifar10", "imagefolder", "text")
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -710,6 +710,12 @@ def _imagefolder(root: str | None, seed: int, options: Mapping[str, object]) -> 
     return imagefolder(root, seed, options)
 
 
+def _text(root: str | None, seed: int, options: Mapping[str, object]) -> DataSource:
+    from smdyn.experiments.text_data import load_text
+
+    return load_text(root, seed, options)
+
+
 # ------------------------------------------------------------------------------------------------ entry
 
 _LOADERS: dict[str, Callable[[str | None, int, Mapping[str, object]], DataSource]] = {
@@ -718,6 +724,7 @@ _LOADERS: dict[str, Callable[[str | None, int, Mapping[str, object]], DataSource
     "shapes": _shapes,
     "cifar10": _cifar10,
     "imagefolder": _imagefolder,
+    "text": _text,
 }
 
 
@@ -739,6 +746,9 @@ def load_data(name: str, *, root: str | None = None, seed: int = 0, **options: o
     - ``imagefolder``: ``root`` (required) holds ``train/<class>/`` and ``val/<class>/``; ``size`` [224],
       ``augment`` [True]: random-resized-crop and flip; ``test_size`` [None: the whole val folder; an int:
       a fixed random subset, since ``test_set`` returns one tensor in memory].
+    - ``text``: next-character prediction on Python source, ``root`` [None: this Python's standard
+      library], ``length`` [64], ``test_windows`` [256], ``test_every`` [10], ``min_chars`` [4 000 000]; see
+      `smdyn.experiments.text_data` (``x`` and ``y`` are int64 ids ``[B, length]``).
 
     ``seed`` fixes every non-streamed choice: splits, the test set, `DataSource.train_subset`. Training
     batches draw from the generator given to `DataSource.train_batch` only.

@@ -10,6 +10,9 @@ norm after it, so it is *not* scale-invariant: it is the control that SMD does n
 Module names follow torchvision and the paper's figures (``layer2.0.conv2`` in Fig 3–4, ``layer1.0.conv1`` in
 Fig 6), so a parameter named in the paper can be found by the same name. Convolutions use He (Kaiming) normal
 initialisation with fan-out, BatchNorm starts at γ = 1, β = 0, and linear layers keep torch's default.
+
+The exception is ``gpt`` (`smdyn.experiments.gpt`), a small transformer whose only scale-invariant weights
+are the QK-normalised query and key projections: it is there to test the equilibrium beyond the paper.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smdyn.experiments.checks import as_int
+from smdyn.experiments.gpt import gpt
 
 __all__ = [
     "MODELS",
@@ -338,6 +342,7 @@ def mlp_layernorm(in_features: int, num_classes: int = 10, hidden: int = 256, de
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn1d": cnn1d,
+    "gpt": gpt,
     "mlp_layernorm": mlp_layernorm,
     "resnet18_cifar": resnet18_cifar,
     "resnet20": resnet20,

@@ -127,8 +127,13 @@ def _build_model(cfg: Config, source: Any) -> nn.Module:
 
 
 def _build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """Weight decay on every parameter, as Eqs 10–11 write it (``torch.optim.SGD`` is exactly that rule)."""
+    """Weight decay on every parameter, as Eqs 10–11 write it (``torch.optim.SGD`` is exactly that rule);
+    a model that declares its ``parameter_roles`` gets the groups they imply (`optimizers.by_roles`)."""
     o = cfg.optim
+    if o.name == "muon" or callable(getattr(model, "parameter_roles", None)):
+        from smdyn.experiments.optimizers import by_roles
+
+        return by_roles(o, model)
     params = list(model.parameters())
     if o.name == "sgd":
         return torch.optim.SGD(
@@ -160,6 +165,14 @@ def _lr_factor(cfg: Config) -> Callable[[int], float]:
         return f
 
     return factor
+
+
+def _flat(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sequence model's ``[B, T, C]`` logits and ``[B, T]`` targets as ``[B·T, C]`` and ``[B·T]``: every
+    position is one example (of the loss, the accuracy and the example count)."""
+    if out.dim() == 3 and y.dim() == 2:
+        return out.flatten(0, 1), y.flatten()
+    return out, y
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -398,6 +411,8 @@ class _Run:
 
     def _params(self) -> Any:
         p = self.cfg.monitor.params
+        if p == "matrices":
+            return [n for n, t in self.model.named_parameters() if t.dim() >= 2]
         return p if isinstance(p, str) else list(p)
 
     # ------------------------------------------------------------------ state
@@ -453,16 +468,17 @@ class _Run:
     def _evaluate(self) -> tuple[float, float]:
         x, y = self.test
         self.model.eval()
-        loss = correct = 0.0
+        loss = correct = count = 0.0
         with torch.no_grad():
             for i in range(0, len(x), _EVAL_BATCH):
                 xb = x[i : i + _EVAL_BATCH].to(self.device)
                 yb = y[i : i + _EVAL_BATCH].to(self.device)
-                out = self.model(xb)
+                out, yb = _flat(self.model(xb), yb)
                 loss += float(F.cross_entropy(out, yb, reduction="sum"))
                 correct += float((out.argmax(1) == yb).sum())
+                count += len(yb)
         self.model.train()
-        return loss / len(x), correct / len(x)
+        return loss / count, correct / count
 
     def _row(self, evaluate: bool) -> None:
         a = self._acc
@@ -557,7 +573,7 @@ class _Run:
                     gen_state, drawn = self.generator.get_state(), True
                     x, y = self.source.train_batch(cfg.data.batch_size, self.generator)
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    out = self.model(x)
+                    out, y = _flat(self.model(x), y)
                     loss = F.cross_entropy(out, y)
                     value = float(loss.detach())
                     if not math.isfinite(value):

@@ -19,14 +19,16 @@ claims cannot show at that size — the quick variants are smoke tests):
   (Sec 4.3; ``--quick`` runs seed 0 only).
 - ``collapse``: a network that memorises its training set, where the theorems' assumption fails: the unit
   gradient collapses, Δ falls far below Δ* and the monitor says so in its ``reason_code`` column.
+- ``transformer``: rotational equilibrium beyond the paper: AdamW and Muon in a small character-level GPT on
+  the standard library's source (Kosson et al. 2024; docs/design.md §6).
 - ``all``: every experiment above, each into ``<out>/<experiment>/``, then ``<out>/REPRODUCTION.md``.
 
 A run directory whose ``summary.json`` says the run finished is re-used, one that was interrupted is
 resumed from its checkpoint, so ``smdyn reproduce all --out DIR`` continues where it stopped. A run
 directory that holds a different configuration is never overwritten.
 
-One module per experiment (`fig3`, `fig4`, `fig5`, `fig6`, `collapse`) declares its configs, its
-``--quick`` factors, its thresholds (a frozen dataclass, written whole into ``claims.json``) and the
+One module per experiment (`fig3`, `fig4`, `fig5`, `fig6`, `collapse`, `transformer`) declares its configs,
+its ``--quick`` factors, its thresholds (a frozen dataclass, written whole into ``claims.json``) and the
 evaluation that turns its runs into typed claims (`claims.Claim`, with a `claims.Verdict`); `measures`
 holds the measurements they share, `runner` the order of the runs and their re-use, `markdown` the
 ``REPRODUCTION.md`` renderer and `command` the command line.

@@ -106,14 +106,28 @@ def _preamble(docs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+#: Experiments that test claims made after the paper (its physics in today's models and optimizers).
+BEYOND_THE_PAPER = ("transformer",)
+
+
 def _claims_table(docs: list[dict[str, Any]]) -> list[str]:
-    """One row per claim: the claim, where the paper makes it, the command, measurement and verdict."""
+    """The paper's claims, then those beyond it, each in its own table."""
+    paper = [d for d in docs if d["experiment"] not in BEYOND_THE_PAPER]
+    beyond = [d for d in docs if d["experiment"] in BEYOND_THE_PAPER]
+    lines = _claim_rows(paper, "Claims", "Paper") if paper else []
+    if beyond:
+        lines += _claim_rows(beyond, "Beyond the paper", "Source")
+    return lines
+
+
+def _claim_rows(docs: list[dict[str, Any]], title: str, source_header: str) -> list[str]:
+    """One row per claim: the claim, where it is made, the command, measurement and verdict."""
     lines: list[str] = []
     lines += [
         "",
-        "## Claims",
+        f"## {title}",
         "",
-        "| Claim | Paper | Command | Measured | Verdict | Reason | Runtime | Runs |",
+        f"| Claim | {source_header} | Command | Measured | Verdict | Reason | Runtime | Runs |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
