@@ -184,6 +184,48 @@ def test_muon_follows_its_rule() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _rule_optimizers() -> dict[str, Callable[[list[nn.Parameter]], torch.optim.Optimizer]]:
+    from test_rule_registry import ReferenceLion  # registered there with smdyn.rules.lion_rule
+
+    o = torch.optim
+    return {
+        "sgd": lambda p: o.SGD(p, lr=0.1, weight_decay=0.05),
+        "nesterov": lambda p: o.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.05),
+        "dampening": lambda p: o.SGD(p, lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.05),
+        "adam_decoupled": lambda p: o.Adam(p, lr=0.01, weight_decay=0.5, decoupled_weight_decay=True),
+        "radam_decoupled": lambda p: o.RAdam(p, lr=0.01, weight_decay=0.5, decoupled_weight_decay=True),
+        "lion": lambda p: ReferenceLion(p, lr=1e-3, weight_decay=0.5),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind", ["sgd", "nesterov", "dampening", "adam_decoupled", "radam_decoupled", "lion"]
+)
+def test_every_rule_with_decay_gets_lambda_t(kind: str) -> None:
+    """For every registered rule with a weight decay, the controlled run equals the same optimizer with
+    λ_t = λ·η_t/η_max written into the group by hand (the scale-invariant weights in their own group)."""
+    make = _rule_optimizers()[kind]
+    runs = []
+    for controlled in (True, False):
+        model = _net()
+        inv, _ = _split(model)
+        opt = make(inv)
+        lam = opt.param_groups[0]["weight_decay"]
+        if controlled:
+            CorrectedWeightDecay(list(zip(INVARIANT, inv, strict=True)), opt)
+        factors = _decay_factors(None)
+        for t, lr in enumerate(SCHEDULE):
+            opt.param_groups[0]["lr"] = lr * opt.defaults["lr"] / 0.1
+            if not controlled:
+                opt.param_groups[0]["weight_decay"] = lam * factors[t]
+            opt.zero_grad()
+            _loss(model, t).backward()
+            opt.step()
+        runs.append([p.detach().clone() for p in inv])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_resume_is_bit_identical(optimizer: str) -> None:
     def build() -> tuple[nn.Module, torch.optim.Optimizer, sch.LRScheduler, CorrectedWeightDecay]:
