@@ -1,8 +1,8 @@
 """The monitor's theory lines on a real network, per update rule: measured RMS Δ / Δ* in equilibrium.
 
-A LayerNorm MLP (in 64 → 4 × [Linear 256×256 without bias → LayerNorm → ReLU] → 10) learns a fixed random teacher from
-fresh Gaussian inputs every step (nothing can be memorised, so the unit gradient does not collapse). The
-hidden Linear weights are scale-invariant and found by the monitor. Each rule trains for
+A LayerNorm MLP (in 64 → 4 × [Linear 256×256 without bias → LayerNorm → ReLU] → 10) learns a fixed random
+teacher from fresh Gaussian inputs every step (nothing can be memorised, so the unit gradient does not
+collapse). The hidden Linear weights are scale-invariant and found by the monitor. Each rule trains for
 ``--relax`` relaxation times 1/(2ηλ·Σc) at a constant lr; the ratio is read from the monitor's own columns
 over the last relaxation time (rows with ``reason_code`` "" only): mean over layers of RMS Δ / Δ*, and of
 ‖w‖ / w* where the rule defines w*.

@@ -12,27 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _run_columns import RUN_COLUMNS
 
 from smdyn.experiments import rundir
 from smdyn.experiments._io import atomic_write_json, atomic_write_text, json_safe
-from smdyn.monitor import COLUMNS
 from smdyn.sinks import read_metrics as sinks_read_metrics
 
-# The monitor's columns a run directory is read for (written without the ones the readers ignore).
-_COLUMNS = tuple(
-    c
-    for c in COLUMNS
-    if c
-    not in (
-        "effective_lr",
-        "grad_cosine",
-        "unmoved_fraction",
-        "l_estimate",
-        "reason_code",
-        "grad_to_weight_ratio",
-        "theory_grad_to_weight_ratio",
-    )
-)
+_COLUMNS = RUN_COLUMNS  # the monitor's columns a run directory is read for
 
 
 def _rows(steps: int, layers: tuple[str, ...], seed: int = 0) -> list[dict]:

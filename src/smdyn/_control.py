@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Target", "claim", "controller_of", "release", "resolve", "to_front"]
+__all__ = ["Target", "claim", "controller_of", "one_group", "release", "resolve", "to_front"]
 
 _ATTR = "_smdyn_controls"
 
@@ -131,18 +131,24 @@ def resolve(
             )
     else:
         units = [(name, [t], False) for name, t in _pairs(model_or_params, kind)]
-    out = []
-    for name, tensors, per_channel in units:
-        groups = {group_of.get(id(t)) for t in tensors}
-        if None in groups:
-            raise ValueError(f"{kind}: {name!r} is not in the optimizer's param groups")
-        if len(groups) > 1:
-            raise ValueError(
-                f"{kind}: the tensors of {name!r} are in different param groups; put them in one (the vector "
-                "is scale-invariant only as a whole, and one group's lr must drive it)"
-            )
-        out.append(Target(name, tensors, groups.pop(), per_channel))
-    return out
+    return [Target(name, ts, one_group(kind, name, ts, group_of), pc) for name, ts, pc in units]
+
+
+def one_group(who: str, name: str, tensors: Iterable[torch.Tensor], group_of: dict[int, int]) -> int:
+    """The one param group holding every tensor of a unit, or a ValueError naming ``who`` and the unit.
+
+    A jointly scale-invariant unit (weight + bias) is invariant only as a whole, so one group's lr and
+    weight decay must drive all of it.
+    """
+    groups = {group_of.get(id(t)) for t in tensors}
+    if None in groups:
+        raise ValueError(f"{who}: {name!r} is not in the optimizer's param groups")
+    if len(groups) > 1:
+        raise ValueError(
+            f"{who}: the tensors of {name!r} are in different param groups; put them in one (the vector "
+            "is scale-invariant only as a whole, and one group's lr must drive it)"
+        )
+    return groups.pop()
 
 
 def _pairs(params: Any, kind: str) -> list[tuple[str, nn.Parameter]]:

@@ -299,15 +299,7 @@ def _resolve(
 
 
 def _group(name: str, tensors: list[nn.Parameter], group_of: dict[int, int]) -> int:
-    groups = {group_of.get(id(t)) for t in tensors}
-    if None in groups:
-        raise ValueError(f"params: {name!r} is not in the optimizer's param groups")
-    if len(groups) > 1:
-        raise ValueError(
-            f"params: the tensors of {name!r} are in different param groups; they must share one (a group's "
-            "lr change rescales its tensors, and the unit is scale-invariant only as a whole)"
-        )
-    return groups.pop()
+    return _control.one_group("params", name, tensors, group_of)
 
 
 # --------------------------------------------------------------------------------------------------

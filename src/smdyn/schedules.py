@@ -18,7 +18,7 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -71,7 +71,29 @@ def _shape(kind: str, frac: float) -> float:
 
 
 @dataclass(frozen=True)
-class WarmupCosine:
+class _WarmupThenDecay:
+    """Linear warm-up, then a decay of shape ``_SHAPE`` to ``floor × peak`` at step ``steps``."""
+
+    steps: int
+    warmup: int = 0
+    floor: float = 0.0
+    peak: float = 1.0
+    _SHAPE: ClassVar[str] = "cosine"
+
+    def __post_init__(self) -> None:
+        steps = _int("steps", self.steps, 1)
+        _check_warmup(self.warmup, steps)
+        _fraction("floor", self.floor)
+        _peak(self.peak)
+
+    def __call__(self, step: int) -> float:
+        frac = min(max(step - self.warmup, 0) / (self.steps - self.warmup), 1.0)
+        shape = self.floor + (1.0 - self.floor) * _shape(self._SHAPE, frac)
+        return self.peak * _ramp(step, self.warmup) * shape
+
+
+@dataclass(frozen=True)
+class WarmupCosine(_WarmupThenDecay):
     """Linear warm-up, then a cosine decay to ``floor × peak`` at step ``steps``.
 
     Args:
@@ -81,49 +103,15 @@ class WarmupCosine:
         peak: the lr at the end of warm-up (default 1: a multiplier).
     """
 
-    steps: int
-    warmup: int = 0
-    floor: float = 0.0
-    peak: float = 1.0
-
-    def __post_init__(self) -> None:
-        steps = _int("steps", self.steps, 1)
-        _check_warmup(self.warmup, steps)
-        _fraction("floor", self.floor)
-        _peak(self.peak)
-
-    def __call__(self, step: int) -> float:
-        frac = min(max(step - self.warmup, 0) / (self.steps - self.warmup), 1.0)
-        shape = self.floor + (1.0 - self.floor) * _shape("cosine", frac)
-        return self.peak * _ramp(step, self.warmup) * shape
+    _SHAPE: ClassVar[str] = "cosine"
 
 
 @dataclass(frozen=True)
-class WarmupLinear:
-    """Linear warm-up, then a linear decay to ``floor × peak`` at step ``steps``.
+class WarmupLinear(_WarmupThenDecay):
+    """Linear warm-up, then a linear decay to ``floor × peak`` at step ``steps`` (arguments as
+    :class:`WarmupCosine`)."""
 
-    Args:
-        steps: the schedule's length (>= 1).
-        warmup: warm-up steps in [0, steps).
-        floor: the final lr as a fraction of the peak, in [0, 1].
-        peak: the lr at the end of warm-up (default 1: a multiplier).
-    """
-
-    steps: int
-    warmup: int = 0
-    floor: float = 0.0
-    peak: float = 1.0
-
-    def __post_init__(self) -> None:
-        steps = _int("steps", self.steps, 1)
-        _check_warmup(self.warmup, steps)
-        _fraction("floor", self.floor)
-        _peak(self.peak)
-
-    def __call__(self, step: int) -> float:
-        frac = min(max(step - self.warmup, 0) / (self.steps - self.warmup), 1.0)
-        shape = self.floor + (1.0 - self.floor) * _shape("linear", frac)
-        return self.peak * _ramp(step, self.warmup) * shape
+    _SHAPE: ClassVar[str] = "linear"
 
 
 @dataclass(frozen=True)
