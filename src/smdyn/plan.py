@@ -282,7 +282,7 @@ def plan(
     optimizer: Any = None,
     rule: Any = None,
     control: str | Sequence[str] | None = None,
-    numel: float | None = None,
+    numel: int | None = None,
     shape: Sequence[int] | None = None,
     reference_lr: float | None = None,
     beta2: float | None = None,
