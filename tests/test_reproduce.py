@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _run_columns import RUN_COLUMNS
 
 import smdyn.experiments.train as train_module
 from smdyn.experiments.config import Config, load_config, save_config
@@ -26,23 +27,8 @@ from smdyn.experiments.reproduce import (
     reproduction_markdown,
     write_reproduction_md,
 )
-from smdyn.monitor import COLUMNS
 
-# The monitor's columns a run directory is read for (written without the ones the readers ignore).
-_METRIC_COLUMNS = tuple(
-    c
-    for c in COLUMNS
-    if c
-    not in (
-        "effective_lr",
-        "grad_cosine",
-        "unmoved_fraction",
-        "l_estimate",
-        "reason_code",
-        "grad_to_weight_ratio",
-        "theory_grad_to_weight_ratio",
-    )
-)
+_METRIC_COLUMNS = RUN_COLUMNS  # the monitor's columns a run directory is read for
 _TRAIN_COLUMNS = ("step", "epoch", "lr", "loss", "accuracy", "test_loss", "test_accuracy")
 _LAYERS = ("conv1.weight", "conv2.weight", "conv3.weight")
 _COLLAPSE = "RMS Δ/Δ* far below 1 ...: the unit gradient is collapsing (memorised data?)"
@@ -600,7 +586,7 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_experiment_names() -> None:
-    assert EXPERIMENTS == ("fig3", "fig4", "fig5", "fig6", "collapse", "transformer", "all")
+    assert EXPERIMENTS == ("fig3", "fig4", "fig5", "fig6", "collapse", "transformer", "schedules", "all")
 
 
 # ---------------------------------------------------------------------------------------------- markdown

@@ -2,7 +2,7 @@
 
 A run of the paper's experiments (Wan et al. 2021, Sec 4) is fully described by η, λ, α, the learning-rate
 schedule (the drops of Sec 4.2 and Corollary 3.1 are milestones in *optimizer steps*), the data, the model
-and how the monitor samples it. A TOML file names them in seven sections::
+and how the monitor samples it. A TOML file names them in eight sections::
 
     [run]       name, seed, steps, eval_every, log_every, checkpoint_every, threads, device
     [data]      name, root, seed, batch_size, options = {...}
@@ -10,7 +10,8 @@ and how the monitor samples it. A TOML file names them in seven sections::
     [optim]     name (sgd | adam | adamw | muon), lr, momentum, weight_decay, nesterov, betas, adamw_lr
     [schedule]  kind (constant | multistep | step | cosine), milestones, gamma, step_size, warmup
     [monitor]   every, granularity, window, flush_every, tol, params ("auto", "matrices" or a list of names)
-    [rescale]   enabled, mode (drops | continuous)
+    [rescale]   enabled, mode (drops | continuous), after_warmup
+    [control]   kind (none | corrected_decay | rotation)
 
 Every section and key may be left out (the defaults are the dataclass defaults below). An unknown section or
 key, a value of the wrong type or a value out of range is reported with its section, key and what is
@@ -36,6 +37,7 @@ from typing import Any
 
 __all__ = [
     "Config",
+    "ControlConfig",
     "DataConfig",
     "ModelConfig",
     "MonitorConfig",
@@ -53,6 +55,7 @@ __all__ = [
 
 _OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 _SCHEDULES = ("constant", "multistep", "step", "cosine")
+_CONTROLS = ("none", "corrected_decay", "rotation")
 # The data sets the loader knows; read from the data module when it is importable (see `_dataset_names`).
 _DATASETS_FALLBACK = ("digits", "mnist1d", "shapes", "cifar10", "imagefolder")
 
@@ -143,6 +146,20 @@ class RescaleConfig:
 
     enabled: bool = False
     mode: str = "drops"  # "drops": at each lr drop; "continuous": every step, for smooth schedules
+    # attach at the end of the warm-up: a fresh initialisation is far from the equilibrium of the warm-up's
+    # first lr, and following w* ∝ η^p through the warm-up would multiply it by (peak/lr₀)^p
+    after_warmup: bool = False
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """A control of the scale-invariant weights other than the rescaling (docs/design.md §6).
+
+    ``none``; ``corrected_decay``: `smdyn.CorrectedWeightDecay` (λ_t = λ·η_t/η_max, Defazio et al. 2025);
+    ``rotation``: `smdyn.RotationController` (the initial norm held, Δ_t = Δ*(η_t) every step).
+    """
+
+    kind: str = "none"
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples as lists, ``None`` left out), as written to ``config.toml``."""
@@ -178,6 +196,7 @@ _SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig,
     "monitor": MonitorConfig,
     "rescale": RescaleConfig,
+    "control": ControlConfig,
 }
 
 
@@ -416,6 +435,22 @@ def _check_values(cfg: Config, problems: _Problems) -> None:
         )
     if cfg.rescale.enabled and o.name == "muon":
         bad("rescale", "enabled", True, "rescaling is not supported with muon's two optimizers")
+    _check_control(cfg, bad)
+
+
+def _check_control(cfg: Config, bad: Any) -> None:
+    kind = cfg.control.kind
+    if kind not in _CONTROLS:
+        bad("control", "kind", kind, f"must be one of {', '.join(_CONTROLS)}")
+    elif kind != "none" and cfg.rescale.enabled:
+        bad("control", "kind", kind, "one control per weight: set [rescale] enabled = false to use it")
+    elif kind != "none" and cfg.optim.name not in ("sgd", "adamw"):
+        bad(
+            "control",
+            "kind",
+            kind,
+            f"needs sgd or adamw, whose weight decay and Δ* are known, not {cfg.optim.name!r}",
+        )
 
 
 def config_from_dict(raw: Mapping[str, Any], *, source: str | None = None) -> Config:

@@ -2,8 +2,9 @@
 
 One run of the paper's experiments (Wan et al. 2021, Sec 4): a model, a data source, SGD(M)/Adam(W) with
 weight decay and a learning-rate schedule (the drops of Sec 4.2), optionally `smdyn.Rescaler` (Sec 4.2's
-k^(−¼) rescaling), and the monitor recording Δ_t, ‖w_t‖ and ‖g̃_t‖² of every scale-invariant weight. The run
-directory (docs/design.md §5) holds:
+k^(−¼) rescaling) or another control of the scale-invariant weights (`run_controls`), and the monitor
+recording Δ_t, ‖w_t‖ and ‖g̃_t‖² of every scale-invariant weight. The run directory (docs/design.md §5)
+holds:
 
 - ``config.toml``: the complete configuration (`save_config`), enough to run it again.
 - ``metrics.csv``: the monitor's records (`smdyn.sinks.CSVSink`); ``step`` is the 0-based optimizer step.
@@ -17,7 +18,7 @@ directory (docs/design.md §5) holds:
 - ``summary.json``: status, final test accuracy, wall time, steps/s and the equilibrium figures over the
   last monitor window within the last learning-rate stage (`rundir.summary_figures`: per layer RMS Δ/Δ*
   (Thm 3), mean Δ/Δ*, ‖w‖/w* (Thm 1–2) and the monitor's flag; medians over layers).
-- ``checkpoint.pt``: model, optimizer, scheduler, monitor and rescaler state, random-generator states and
+- ``checkpoint.pt``: model, optimizer, scheduler, monitor and controls' state, random-generator states and
   the step, written to a temporary file and renamed (never half-written); tensors and plain containers
   only, so it loads with ``torch.load(..., weights_only=True)``.
 
@@ -367,17 +368,9 @@ class _Run:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / rundir.CONFIG, header=f"smdyn run {cfg.run.name!r}")
 
-        self.rescaler = None
-        if cfg.rescale.enabled:
-            from smdyn.rescale import Rescaler
+        from smdyn.experiments.run_controls import RunControls
 
-            self.rescaler = Rescaler(
-                self.optimizer,
-                self._params(),
-                self.model,
-                mode=cfg.rescale.mode,  # type: ignore[arg-type]
-                example_batch=example,
-            )
+        self.controls = RunControls(cfg, self.optimizer, self.model, self._params(), example)
         from smdyn import SphericalMonitor
         from smdyn.sinks import CSVSink
 
@@ -425,7 +418,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "monitor": self.monitor.state_dict(),  # saveable as it is
-            "rescaler": None if self.rescaler is None else _to_tensors(self.rescaler.state_dict()),
+            **self.controls.state(),  # "rescaler" and "control"
             "generator": gen_state,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -442,10 +435,7 @@ class _Run:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.monitor.load_state_dict(ckpt["monitor"])
-        if self.rescaler is not None:
-            if ckpt["rescaler"] is None:
-                raise ValueError("the checkpoint was saved without rescaling; cannot resume with it enabled")
-            self.rescaler.load_state_dict(ckpt["rescaler"])
+        self.controls.load(ckpt, int(ckpt["step"]))
         self.generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         if ckpt["cuda_rng"] and torch.cuda.is_available():
@@ -515,19 +505,7 @@ class _Run:
             }
             for e in self.monitor.events
         ]
-        if self.rescaler is not None:
-            rows += [
-                {
-                    "step": int(e["step"]),
-                    "kind": "rescale",
-                    "group": int(e["group"]),
-                    "lr_before": float(e["lr_before"]),
-                    "lr_after": float(e["lr_after"]),
-                    "factor": float(e["factor"]),
-                }
-                for e in self.rescaler.events
-                if e["action"] == "rescaled"
-            ]
+        rows += self.controls.rescale_events()
         rows.sort(key=lambda r: (r["step"], r["kind"] != "lr_change", r["group"]))
         return rows
 
@@ -570,6 +548,7 @@ class _Run:
         try:
             with _Interrupts() as guard:
                 while self.step < total:
+                    self.controls.before_step(self.step)
                     gen_state, drawn = self.generator.get_state(), True
                     x, y = self.source.train_batch(cfg.data.batch_size, self.generator)
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -613,8 +592,7 @@ class _Run:
             progress.close()
             self.log.close()
             self.monitor.close()
-            if self.rescaler is not None:
-                self.rescaler.close()
+            self.controls.close()
             raise
         self.elapsed += time.perf_counter() - t0
         progress.close()
@@ -637,8 +615,7 @@ class _Run:
 
     def _finish(self, status: str, start: int, loop_time: float, note: str) -> dict[str, Any]:
         self.monitor.close()
-        if self.rescaler is not None:
-            self.rescaler.close()
+        self.controls.close()
         self.log.close()
         self._write_events()
         return self._summary(status, self.step - start, loop_time, note)

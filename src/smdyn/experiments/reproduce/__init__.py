@@ -21,17 +21,20 @@ claims cannot show at that size — the quick variants are smoke tests):
   gradient collapses, Δ falls far below Δ* and the monitor says so in its ``reason_code`` column.
 - ``transformer``: rotational equilibrium beyond the paper: AdamW and Muon in a small character-level GPT on
   the standard library's source (Kosson et al. 2024; docs/design.md §6).
+- ``schedules``: warm-up + cosine in a small GPT: the late rise of ‖g‖/‖w‖, what CorrectedWeightDecay, the
+  continuous Rescaler and RotationController do to it and to the held-out loss (3 seeds), and the early
+  rotation excess without warm-up against `smdyn.plan` (Defazio et al. 2025; Kosson et al. 2024).
 - ``all``: every experiment above, each into ``<out>/<experiment>/``, then ``<out>/REPRODUCTION.md``.
 
 A run directory whose ``summary.json`` says the run finished is re-used, one that was interrupted is
 resumed from its checkpoint, so ``smdyn reproduce all --out DIR`` continues where it stopped. A run
 directory that holds a different configuration is never overwritten.
 
-One module per experiment (`fig3`, `fig4`, `fig5`, `fig6`, `collapse`, `transformer`) declares its configs,
-its ``--quick`` factors, its thresholds (a frozen dataclass, written whole into ``claims.json``) and the
-evaluation that turns its runs into typed claims (`claims.Claim`, with a `claims.Verdict`); `measures`
-holds the measurements they share, `runner` the order of the runs and their re-use, `markdown` the
-``REPRODUCTION.md`` renderer and `command` the command line.
+One module per experiment (`fig3`, `fig4`, `fig5`, `fig6`, `collapse`, `transformer`, `schedules`) declares
+its configs, its ``--quick`` factors, its thresholds (a frozen dataclass, written whole into
+``claims.json``) and the evaluation that turns its runs into typed claims (`claims.Claim`, with a
+`claims.Verdict`); `measures` holds the measurements they share, `runner` the order of the runs and their
+re-use, `markdown` the ``REPRODUCTION.md`` renderer and `command` the command line.
 
 Every measurement behind a claim (equilibrium ratios, time to equilibrium, the lag after a drop, stage
 deviation, the test-accuracy dip) is defined once, in `measures`' docstring.

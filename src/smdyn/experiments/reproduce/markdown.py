@@ -107,7 +107,7 @@ def _preamble(docs: list[dict[str, Any]]) -> list[str]:
 
 
 #: Experiments that test claims made after the paper (its physics in today's models and optimizers).
-BEYOND_THE_PAPER = ("transformer",)
+BEYOND_THE_PAPER = ("transformer", "schedules")
 
 
 def _claims_table(docs: list[dict[str, Any]]) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 from smdyn.experiments import rundir
 from smdyn.experiments._io import atomic_write_json
 from smdyn.experiments.config import Config, load_config, scale_steps
-from smdyn.experiments.reproduce import collapse, fig3, fig4, fig5, fig6, transformer
+from smdyn.experiments.reproduce import collapse, fig3, fig4, fig5, fig6, schedules, transformer
 from smdyn.experiments.reproduce.claims import Claim, Experiment, Verdict, finite
 
 __all__ = ["EXPERIMENTS", "EXPERIMENTS_BY_NAME", "command", "reproduce", "run_experiment"]
@@ -35,6 +35,7 @@ EXPERIMENTS_BY_NAME: dict[str, Experiment] = {
         fig6.EXPERIMENT,
         collapse.EXPERIMENT,
         transformer.EXPERIMENT,
+        schedules.EXPERIMENT,
     )
 }
 #: Names accepted by `reproduce`: the experiments, in the order ``all`` runs them, then ``"all"``.
