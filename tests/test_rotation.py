@@ -267,3 +267,24 @@ def test_never_raises_in_training_and_goes_idle() -> None:
         opt.step()  # the plain SGD step applies
         torch.testing.assert_close(inv[0].detach(), before - 0.1 * (inv[0].grad + 0.05 * before))
     assert rc.step == 2
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_the_monitor_measures_the_turned_step(momentum: float) -> None:
+    """With SGD the monitor would otherwise rebuild the step from (w, g, v) and report the inner optimizer's
+    angle; weights a rotation controller holds are measured from snapshots, so it reports the turn."""
+    from smdyn import SphericalMonitor
+
+    model = _net(width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=5e-3)
+    RotationController(list(zip(INVARIANT, _invariant(model), strict=True)), opt)
+    mon = SphericalMonitor(model, opt, params=list(INVARIANT))
+    for t in range(6):
+        opt.zero_grad()
+        _loss(model, t).backward()
+        opt.step()
+    mon.close()
+    h = mon.history()
+    star = _sgd_star(0.1, 5e-3, momentum)
+    for got in h["angular_update"]:
+        assert got == pytest.approx(star, rel=1e-5)

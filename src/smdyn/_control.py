@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Target", "claim", "controller_of", "one_group", "release", "resolve", "to_front"]
+__all__ = ["Target", "claim", "controller_of", "held_by", "one_group", "release", "resolve", "to_front"]
 
 _ATTR = "_smdyn_controls"
 
@@ -77,6 +77,13 @@ def release(optimizer: torch.optim.Optimizer, owner: Any) -> None:
         marks[key] = [(k, ref) for k, ref in marks[key] if ref() is not None and ref() is not owner]
         if not marks[key]:
             del marks[key]
+
+
+def held_by(optimizer: torch.optim.Optimizer, kinds: Iterable[str]) -> frozenset[int]:
+    """Ids of the parameters a live control of one of ``kinds`` holds (one pass, for a per-step check)."""
+    kinds = frozenset(kinds)
+    marks = getattr(optimizer, _ATTR, None) or {}
+    return frozenset(pid for pid, held in marks.items() if any(k in kinds and ref() for k, ref in held))
 
 
 def controller_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> str | None:

@@ -267,6 +267,16 @@ class SphericalMonitor:
         inv_scale = torch.reciprocal(scale) if isinstance(scale, torch.Tensor) else None
         found_inf = getattr(opt, "found_inf", None)
         found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
+        turned = _control.held_by(opt, _MOVES_AFTER_STEP)  # weights a control moves after the step
+        hparams = [r.hparams(g) for r, g in zip(rules, groups, strict=True)]
+        known_coeffs: dict[tuple[int, bool], Any] = {}  # (group, has buffer) → (a, b, c): once per step
+
+        def coefficients(gi: int, has_buffer: bool) -> Any:
+            key = (gi, has_buffer)
+            if key not in known_coeffs:
+                known_coeffs[key] = rules[gi].coefficients(groups[gi], has_buffer)
+            return known_coeffs[key]
+
         items: list[batch.Item] = []
         meta: list[records.UnitStep] = []
         row = 0
@@ -293,12 +303,12 @@ class SphericalMonitor:
                     g is not None
                     and rules[gi].coefficients is not None
                     and t.dtype in _EXACT_FORMATS
-                    and _control.controller_of(opt, t) not in _MOVES_AFTER_STEP
+                    and id(t) not in turned
                 )
-                coeffs.append(rules[gi].coefficients(groups[gi], v is not None) if known else None)
+                coeffs.append(coefficients(gi, v is not None) if known else None)
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, g is not None and not known))
                 row += n
-            lr, wd, mom = rule.hparams(groups[gis[0]])
+            lr, wd, mom = hparams[gis[0]]
             meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), _host_code(u)))
         self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf, self._buffers))
 
