@@ -19,7 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Target", "claim", "controller_of", "held_by", "one_group", "release", "resolve", "to_front"]
+__all__ = [
+    "Target",
+    "claim",
+    "controller_of",
+    "go_idle",
+    "held_by",
+    "one_group",
+    "release",
+    "resolve",
+    "to_front",
+]
 
 _ATTR = "_smdyn_controls"
 
@@ -77,6 +87,18 @@ def release(optimizer: torch.optim.Optimizer, owner: Any) -> None:
         marks[key] = [(k, ref) for k, ref in marks[key] if ref() is not None and ref() is not owner]
         if not marks[key]:
             del marks[key]
+
+
+def go_idle(control: Any, name: str, exc: BaseException, step: int, after: str) -> None:
+    """A control failed inside ``optimizer.step()``: warn once and close it; nothing reaches the training
+    loop, not even a failing ``close()``."""
+    warnings.warn(
+        f"smdyn {name}: {exc!r} at step {step}; it is idle from now on ({after})", RuntimeWarning, 4
+    )
+    try:
+        control.close()
+    except Exception:
+        control._closed = True
 
 
 def held_by(optimizer: torch.optim.Optimizer, kinds: Iterable[str]) -> frozenset[int]:
@@ -180,18 +202,12 @@ def _pairs(params: Any, kind: str) -> list[tuple[str, nn.Parameter]]:
 
 
 def _detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any]:
-    from smdyn.invariance import find_scale_invariant
+    from smdyn.rescale import detect
 
-    if example_batch is not None:
-        return find_scale_invariant(model, example_batch, loss_fn)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = find_scale_invariant(model)
-    if not found and any("cannot trace" in str(w.message) for w in caught):
+    found = detect(model, example_batch, loss_fn)
+    if found is None:
         raise ValueError(
             "torch.fx cannot trace the model; pass example_batch so that its data flow is read from one "
             "forward pass, or pass the scale-invariant parameters themselves"
         )
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return found

@@ -147,13 +147,7 @@ class CorrectedWeightDecay:
             for g in self._groups:
                 self._apply(g)
         except Exception as exc:  # never break the user's training step
-            warnings.warn(
-                f"smdyn CorrectedWeightDecay: {exc!r} at step {self.step}; it is idle from now on and the "
-                "param groups have their weight decay back",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            self.close()
+            _control.go_idle(self, "CorrectedWeightDecay", exc, self.step, "the groups have their λ back")
             return
         self.step += 1
 

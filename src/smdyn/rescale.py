@@ -165,7 +165,7 @@ def _exponent_for(optimizer: torch.optim.Optimizer) -> float:
     return found.pop()[0]
 
 
-def _detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any] | None:
+def detect(model: nn.Module, example_batch: Any, loss_fn: Any) -> list[Any] | None:
     """``find_scale_invariant`` results, or None when the model's data flow could not be read at all."""
     from smdyn.invariance import find_scale_invariant
 
@@ -223,7 +223,7 @@ def _resolve(
             raise ValueError(f"params must be 'auto', (name, parameter) pairs or names, got {params!r}")
         if model is None:
             raise ValueError("params='auto' needs model: it finds the scale-invariant weights in it")
-        found = _detect(model, example_batch, loss_fn)
+        found = detect(model, example_batch, loss_fn)
         if found is None:
             raise ValueError(
                 "params='auto': torch.fx cannot trace the model; pass example_batch so that the data flow "
@@ -266,7 +266,7 @@ def _resolve(
         )
         return [_Unit(n, ts, _group(n, ts, group_of)) for n, ts in given]
 
-    found = _detect(model, example_batch, loss_fn)
+    found = detect(model, example_batch, loss_fn)
     if found is None and not force:
         raise ValueError(
             "cannot check scale invariance: torch.fx cannot trace the model; pass example_batch, or "

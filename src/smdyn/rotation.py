@@ -39,7 +39,6 @@ Cost per step: a copy of the controlled weights and a few float64 passes over th
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -150,13 +149,7 @@ class RotationController:
         try:
             fn()
         except Exception as exc:  # never break the user's training step
-            warnings.warn(
-                f"smdyn RotationController: {exc!r} at step {self.step}; it is idle from now on (the inner "
-                "optimizer's steps apply as they are)",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            self.close()
+            _control.go_idle(self, "RotationController", exc, self.step, "the inner optimizer's steps apply")
             return False
         return True
 
