@@ -350,12 +350,15 @@ def test_fig5_without_rescale_factor_and_with_short_lag(tmp_path: Path, no_train
 # ---------------------------------------------------------------------------------------------- fig6
 
 
-def _fig6_dirs(out: Path, dip: float, later_dip: float = 0.0) -> None:
-    """Three seeds per setting, four LR stages (÷10 at 200, 500, 700), an evaluation every 25 steps.
+def _fig6_dirs(
+    out: Path, dip: float, later_dip: float = 0.0, seed_dips: Sequence[float] | None = None
+) -> None:
+    """Five SGDM seeds, three of the others, four LR stages (÷10 at 200, 500, 700), an evaluation every 25
+    steps.
 
-    Test accuracy 0.8 + 1e-4·step + 0.001·seed; SGDM loses ``dip`` linearly between steps 300 and 400 of
-    stage 2, where its Δ/Δ* climbs linearly from k^-½ to 1, and ``later_dip`` between steps 550 and 600 of
-    stage 3. Rescaled: Δ = Δ*. Adam: Δ = 0.01·lr, no Δ*.
+    Test accuracy 0.8 + 1e-4·step + 0.001·seed; SGDM loses ``dip`` (``seed_dips[seed]`` if given) linearly
+    between steps 300 and 400 of stage 2, where its Δ/Δ* climbs linearly from k^-½ to 1, and ``later_dip``
+    between steps 550 and 600 of stage 3. Rescaled: Δ = Δ*. Adam: Δ = 0.01·lr, no Δ*.
     """
     n, m1, m2, m3 = 800, 200, 500, 700
     steps = np.arange(n)
@@ -367,12 +370,13 @@ def _fig6_dirs(out: Path, dip: float, later_dip: float = 0.0) -> None:
             ratio[m1:m2] = np.linspace(10**-0.5, 1.0, m2 - m1)
         if name == "fig6_adam":
             ratio, star = 0.01 * lr, np.full(n, math.nan)
-        for seed in range(3):
+        for seed in range(5 if name == "fig6_sgdm" else 3):
             run = dataclasses.replace(cfg.run, seed=seed, name=f"{name}-seed{seed}")
+            own = dip if seed_dips is None else seed_dips[seed]
             acc = {}
             for s in range(25, n + 1, 25):
                 fall = (
-                    dip * min(1.0, max(0.0, (s - 300) / 100)) if name == "fig6_sgdm" and m1 < s <= m2 else 0.0
+                    own * min(1.0, max(0.0, (s - 300) / 100)) if name == "fig6_sgdm" and m1 < s <= m2 else 0.0
                 )
                 if name == "fig6_sgdm" and m2 < s <= m3:
                     fall = later_dip * min(1.0, max(0.0, (s - 550) / 50))
@@ -396,7 +400,7 @@ def test_fig6_pseudo_overfitting_claims(tmp_path: Path, no_training: list) -> No
     # Brute force: the seed-mean stage-2 curve (evaluations 225..500), its running median of 3 (ends
     # kept), then the largest fall from an earlier value.
     ev = np.arange(225, 501, 25)
-    mean = 0.8 + 1e-4 * ev + 0.001 - 0.04 * np.clip((ev - 300) / 100, 0, 1)
+    mean = 0.8 + 1e-4 * ev + 0.002 - 0.04 * np.clip((ev - 300) / 100, 0, 1)
     smooth = [mean[0]] + [sorted(mean[i - 1 : i + 2])[1] for i in range(1, len(mean) - 1)] + [mean[-1]]
     dip = max(smooth[i] - smooth[j] for i in range(len(ev)) for j in range(i, len(ev)))
     # The raw fall, 0.04 less 0.01 of growth, with 0.0025 shaved off both the peak and the low.
@@ -406,11 +410,34 @@ def test_fig6_pseudo_overfitting_claims(tmp_path: Path, no_training: list) -> No
     climb = np.linspace(10**-0.5, 1.0, 300)
     expected = math.sqrt(np.mean(climb[-30:] ** 2) / np.mean(climb[:15] ** 2))
     assert p["measured"]["sgdm"]["rise_stage2"] == pytest.approx(expected, rel=1e-9)
+    # Every seed dips alike: each one's own dip is the same 0.025, so the interval is a point above 0.
+    assert p["measured"]["sgdm"]["dip_stage2_per_seed"] == pytest.approx([0.025] * 5, abs=1e-12)
+    assert p["measured"]["sgdm"]["dip_excess_seeds"]["n"] == 5
+    assert p["measured"]["sgdm"]["dip_excess_seeds"]["half95"] == pytest.approx(0.0, abs=1e-12)
     assert p["verdict"] == "reproduced"
+    assert "sure at 95%" in p["reason"]
     assert c["rescaling_cures_dip"]["measured"]["rescaled"]["dip_stage2"] == pytest.approx(0.0, abs=1e-12)
     assert c["rescaling_cures_dip"]["verdict"] == "reproduced"
     assert c["adam_no_rising_delta"]["measured"]["adam"]["rise_stage2"] == pytest.approx(1.0)
     assert c["adam_no_rising_delta"]["verdict"] == "reproduced"
+
+
+def test_fig6_dip_of_one_seed_alone_is_not_sure(tmp_path: Path, no_training: list) -> None:
+    # One seed falls 0.2, four do not: the seed mean dips as clearly as 0.04 in every seed, but the seeds
+    # do not agree, and the verdict says so.
+    _fig6_dirs(tmp_path, dip=0.0, seed_dips=[0.2, 0.0, 0.0, 0.0, 0.0])
+    reproduce("fig6", out=tmp_path, report=False, quiet=True)
+    p = _claims(tmp_path)["pseudo_overfitting"]
+    sgdm = p["measured"]["sgdm"]
+    assert sgdm["dip_stage2"] == pytest.approx(0.025, abs=1e-12)
+    # Seed 0's own dip: the fall 0.2 less 0.01 of growth, 0.0025 shaved off the peak and the low.
+    excess = np.array([0.185, 0.0, 0.0, 0.0, 0.0])
+    assert sgdm["dip_stage2_per_seed"] == pytest.approx(excess.tolist(), abs=1e-12)
+    half = 2.776 * excess.std(ddof=1) / math.sqrt(5)  # Student t, 4 degrees of freedom, 95%
+    assert sgdm["dip_excess_seeds"]["half95"] == pytest.approx(half, rel=1e-4)
+    assert excess.mean() - half < 0
+    assert p["verdict"] == "partly"
+    assert "do not agree" in p["reason"]
 
 
 def test_fig6_dip_in_a_later_stage_too_is_not_pseudo_overfitting(tmp_path: Path, no_training: list) -> None:

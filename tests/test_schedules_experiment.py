@@ -19,12 +19,12 @@ import torch
 from smdyn.experiments.config import config_from_dict, load_config
 from smdyn.experiments.gpt import gpt
 from smdyn.experiments.reproduce.claims import Verdict
+from smdyn.experiments.reproduce.measures import spread
 from smdyn.experiments.reproduce.schedules import (
     THRESHOLDS,
     _by_threshold,
     _excess,
     _running_mean,
-    _spread,
 )
 from smdyn.experiments.text_data import VOCABULARY
 from smdyn.experiments.train import train
@@ -270,9 +270,12 @@ def test_excess_peak_and_settle_of_a_known_series() -> None:
 
 
 def test_spread_and_grading_helpers() -> None:
-    s = _spread([1.0, 2.0, 4.0, math.nan])
+    s = spread([1.0, 2.0, 4.0, math.nan])
     assert s["n"] == 3 and s["mean"] == pytest.approx(7 / 3)
     assert s["sd"] == pytest.approx(statistics.stdev([1.0, 2.0, 4.0]))
+    # 95% Student t with 2 degrees of freedom (tabulated: 4.303) times the standard error of the mean
+    assert s["half95"] == pytest.approx(4.303 * statistics.stdev([1.0, 2.0, 4.0]) / math.sqrt(3), rel=1e-4)
+    assert math.isnan(spread([2.0])["half95"]) and spread([])["n"] == 0
     assert _by_threshold([1.3, 1.25, 1.4], lambda v: v >= 1.2) == (True, True)
     assert _by_threshold([1.5, 1.1, 1.4], lambda v: v >= 1.2) == (False, True)
     assert _by_threshold([1.0, 1.1], lambda v: v >= 1.2) == (False, False)

@@ -15,8 +15,8 @@ claims cannot show at that size — the quick variants are smoke tests):
 - ``fig3``: fixed learning rate, SGD and SGDM (Thm 1–3; SGDM reaches equilibrium sooner, Eqs 8/12).
 - ``fig4``: a grid of (η, λ) with equal and unequal ηλ, with and without momentum (Sec 4.1).
 - ``fig5``: a multi-stage learning rate with and without the k^(−¼) rescaling (Cor 3.1, Sec 4.2).
-- ``fig6``: "pseudo overfitting": SGDM, SGDM + rescaling and Adam on a finite training split, 3 seeds
-  (Sec 4.3; ``--quick`` runs seed 0 only).
+- ``fig6``: "pseudo overfitting": SGDM (5 seeds), SGDM + rescaling and Adam (3 seeds) on a finite training
+  split (Sec 4.3; ``--quick`` runs seed 0 only).
 - ``collapse``: a network that memorises its training set, where the theorems' assumption fails: the unit
   gradient collapses, Δ falls far below Δ* and the monitor says so in its ``reason_code`` column.
 - ``transformer``: rotational equilibrium beyond the paper: AdamW and Muon in a small character-level GPT on

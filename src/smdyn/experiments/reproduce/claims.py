@@ -79,6 +79,19 @@ class Experiment:
     thresholds: Any  # a frozen dataclass instance
     seeds: tuple[int, ...] = ()  # () runs each config once with its own seed, in <out>/<config>/
     quick_seeds: tuple[int, ...] = ()
+    #: configs that run other seeds than ``seeds`` (full runs only): a claim about one config's seed
+    #: spread can have more seeds without multiplying every other config's runs.
+    config_seeds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def seeds_of(self, config: str, quick: bool) -> tuple[int, ...]:
+        """The seeds ``config`` runs with: ``quick_seeds`` under ``--quick``, else its own or ``seeds``."""
+        if quick and self.quick_seeds:
+            return self.quick_seeds
+        return self.config_seeds.get(config, self.seeds)
+
+    def full_runs(self) -> int:
+        """How many runs the full experiment trains."""
+        return sum(max(1, len(self.seeds_of(name, quick=False))) for name in self.configs)
 
     def threshold_values(self) -> dict[str, Any]:
         """Every field of the thresholds, tuples as lists (JSON arrays)."""

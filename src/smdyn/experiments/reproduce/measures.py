@@ -322,6 +322,21 @@ def stage_dips(runs: Sequence[Run]) -> list[dict[str, float]]:
     return out
 
 
+# Student's t, two-sided 95%, by degrees of freedom: intervals over a few seeds.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def spread(xs: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (ddof 1; 0 for one value), count and the half-width of the two-sided
+    95% Student-t interval of the mean (NaN below two values) of the finite values of ``xs``."""
+    v = np.array([x for x in xs if finite(x)], dtype=np.float64)
+    if not v.size:
+        return {"mean": math.nan, "sd": math.nan, "n": 0, "half95": math.nan}
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    half = _T95.get(v.size - 1, 1.96) * sd / math.sqrt(v.size) if v.size > 1 else math.nan
+    return {"mean": float(v.mean()), "sd": sd, "n": int(v.size), "half95": half}
+
+
 def equilibrium_figures(s: Series) -> dict[str, Any]:
     """`rundir.run_equilibrium` of a run as a claim's measured figures: per layer with a Δ* (RMS Δ/Δ*,
     mean Δ/Δ*, ‖w‖/w*), their medians and median deviations from 1, the fraction of those layers flagged

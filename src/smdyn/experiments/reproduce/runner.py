@@ -52,9 +52,9 @@ class _Planned:
 
 
 def _plan(exp: Experiment, quick: bool, threads: int | None) -> list[_Planned]:
-    seeds = exp.quick_seeds if quick and exp.quick_seeds else exp.seeds
     out = []
     for name in exp.configs:
+        seeds = exp.seeds_of(name, quick)
         base = load_config(name)
         cfg = scale_steps(base, exp.quick_factor[name]) if quick else base
         if threads is not None:
@@ -170,9 +170,9 @@ def _train_all(
 
 def _full_estimate(exp: Experiment, info: list[dict[str, Any]]) -> float:
     """Seconds the full experiment would train, from the steps/s of the runs just made."""
-    n_seeds = max(1, len(exp.seeds))
     estimate = 0.0
     for name in exp.configs:
+        n_seeds = max(1, len(exp.seeds_of(name, quick=False)))
         rates = [
             r["steps_per_s"] for r in info if r["config"] == name and finite(r["steps_per_s"] or math.nan)
         ]
@@ -213,7 +213,7 @@ def run_experiment(
         "wall_time_s": time.perf_counter() - t0,
         "train_time_s": float(sum(r["wall_time_s"] or 0.0 for r in info)),
         "full_estimate_s": _full_estimate(exp, info),
-        "full_runs": len(exp.configs) * max(1, len(exp.seeds)),
+        "full_runs": exp.full_runs(),
         "runs": info,
         "report": report_path.name if report_path else None,
         "thresholds": exp.threshold_values(),

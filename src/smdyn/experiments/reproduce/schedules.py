@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from smdyn.experiments.reproduce.claims import Claim, Experiment, Runs, Verdict, finite, num, pct
-from smdyn.experiments.reproduce.measures import rolling_rms
+from smdyn.experiments.reproduce.measures import rolling_rms, spread
 from smdyn.experiments.rundir import Run, nanmedian
 
 __all__ = ["EXPERIMENT", "THRESHOLDS", "SchedulesThresholds", "early_rotation", "evaluate", "grad_rise"]
@@ -80,8 +80,6 @@ class SchedulesThresholds:
 
 
 THRESHOLDS = SchedulesThresholds()
-# Student's t, two-sided 95%, by degrees of freedom: the interval of a paired loss difference over few seeds.
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 # ---------------------------------------------------------------------------------------------- measures
@@ -236,14 +234,6 @@ def _reason_codes(run: Run) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------------------------------------- claims
 
 
-def _spread(xs: Sequence[float]) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof 1; 0 for one value) of the finite values."""
-    v = np.array([x for x in xs if finite(x)], dtype=np.float64)
-    if not v.size:
-        return {"mean": math.nan, "sd": math.nan, "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
 def _pm(s: dict[str, float], spec: str = ".3g") -> str:
     return f"{num(s['mean'], spec)} ± {num(s['sd'], spec.lstrip('+'))}"
 
@@ -258,18 +248,18 @@ def _losses(runs: Sequence[Run]) -> dict[int, float]:
 
 def _by_threshold(values: Sequence[float], ok: Any) -> tuple[bool, bool]:
     """(every value passes, the mean passes)."""
-    s = _spread(values)
+    s = spread(values)
     return bool(values) and all(finite(v) and ok(v) for v in values), finite(s["mean"]) and ok(s["mean"])
 
 
 def _rise_claim(runs: Sequence[Run], t: SchedulesThresholds) -> tuple[Claim, list[float]]:
     rises = [grad_rise(r, t) for r in runs]
     values = [x["rise"] for x in rises]
-    s = _spread(values)
+    s = spread(values)
     every, mean = _by_threshold(values, lambda v: v >= t.rise)
     verdict = Verdict.REPRODUCED if every else Verdict.PARTLY if mean else Verdict.NOT_REPRODUCED
-    losses = _spread(list(_losses(runs).values()))
-    unit = _spread([x["unit_grad_rise"] for x in rises])
+    losses = spread(list(_losses(runs).values()))
+    unit = spread([x["unit_grad_rise"] for x in rises])
     figure = (
         f"warm-up + cosine, AdamW, no control: ‖g‖/‖w‖ over the last {pct(t.tail)} / its smallest running "
         f"mean after the warm-up = {_pm(s)} (seeds: {', '.join(num(v) for v in values)}; the same reading of "
@@ -299,13 +289,13 @@ def _control_claim(
 ) -> Claim:  # fmt: skip
     rises = [grad_rise(r, t) for r in runs]
     values = [x["rise"] for x in rises]
-    s, b = _spread(values), _spread(base_rise)
+    s, b = spread(values), spread(base_rise)
     every, mean = _by_threshold(values, lambda v: v <= t.flat)
     verdict = Verdict.REPRODUCED if every else Verdict.PARTLY if mean else Verdict.NOT_REPRODUCED
     mine, base = _losses(runs), _losses(base_runs)
     paired = [mine[k] - base[k] for k in sorted(mine) if k in base]
-    diff, loss, base_loss = _spread(paired), _spread(list(mine.values())), _spread(list(base.values()))
-    half = _T95.get(diff["n"] - 1, 2.0) * diff["sd"] / math.sqrt(diff["n"]) if diff["n"] > 1 else math.nan
+    diff, loss, base_loss = spread(paired), spread(list(mine.values())), spread(list(base.values()))
+    half = diff["half95"]
     if not (finite(diff["mean"], half)):
         effect = "n/a (one seed)"
     elif abs(diff["mean"]) <= half:
@@ -313,7 +303,7 @@ def _control_claim(
     else:
         better = "lower" if diff["mean"] < 0 else "higher"
         effect = f"a {better} held-out loss (0 is outside the 95% interval ±{half:.4f})"
-    unit = _spread([x["unit_grad_rise"] for x in rises])
+    unit = spread([x["unit_grad_rise"] for x in rises])
     figure = (
         f"{label}: rise of ‖g‖/‖w‖ {_pm(s)} (seeds: {', '.join(num(v) for v in values)}; ‖g̃‖ alone "
         f"{_pm(unit)}) against {_pm(b)} without; held-out loss {_pm(loss, '.4f')} against "
@@ -347,10 +337,10 @@ def _control_claim(
 
 def _excess_claim(runs: Sequence[Run], t: SchedulesThresholds) -> tuple[Claim, list[float]]:
     found = [early_rotation(r, t) for r in runs]
-    peak = _spread([f["measured"]["peak"] for f in found])
-    plan_peak = _spread([f["planned"]["peak"] for f in found])
-    settle = _spread([f["measured"]["settle"] for f in found])
-    plan_settle = _spread([f["planned"]["settle"] for f in found])
+    peak = spread([f["measured"]["peak"] for f in found])
+    plan_peak = spread([f["planned"]["peak"] for f in found])
+    settle = spread([f["measured"]["settle"] for f in found])
+    plan_settle = spread([f["planned"]["settle"] for f in found])
     with np.errstate(invalid="ignore", divide="ignore"):
         peak_ratio = peak["mean"] / plan_peak["mean"]
         settle_ratio = settle["mean"] / plan_settle["mean"]
@@ -363,7 +353,7 @@ def _excess_claim(runs: Sequence[Run], t: SchedulesThresholds) -> tuple[Claim, l
         if peak_ok or settle_ok
         else Verdict.NOT_REPRODUCED
     )
-    flagged = _spread([f["flagged_rotation_excess"] for f in found])
+    flagged = spread([f["flagged_rotation_excess"] for f in found])
     figure = (
         f"no warm-up: peak Δ/Δ* (RMS over {t.roll} steps) {_pm(peak)} against {_pm(plan_peak)} planned from "
         f"‖w₀‖ = {num(found[0]['initial_norm'] if found else math.nan)}; down to 1 + {t.band:g} from "
@@ -401,8 +391,8 @@ def _excess_claim(runs: Sequence[Run], t: SchedulesThresholds) -> tuple[Claim, l
 def _warmup_claim(runs: Sequence[Run], cold_peaks: list[float], t: SchedulesThresholds) -> Claim:
     found = [early_rotation(r, t) for r in runs]
     peaks = [f["measured"]["peak"] for f in found]
-    s, cold = _spread(peaks), _spread(cold_peaks)
-    plan_peak = _spread([f["planned"]["peak"] for f in found])
+    s, cold = spread(peaks), spread(cold_peaks)
+    plan_peak = spread([f["planned"]["peak"] for f in found])
     every = _by_threshold(peaks, lambda v: v <= t.warmup_peak)[0] and all(
         finite(v) and v > t.warmup_peak for v in cold_peaks
     )
