@@ -447,3 +447,30 @@ def test_dots_of_several_pairs_match_float64(n: int, per_channel: bool) -> None:
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.sqrt(n))
     with pytest.raises(ValueError, match="at least one pair"):
         dots([])
+
+
+@pytest.mark.parametrize("n", [(1 << 18) - 3, (1 << 18) + 12_345, 1 << 20])
+def test_gram_blocks_keep_the_known_update_angle_within_1e_minus_6(n: int) -> None:
+    """geometry.gram's coarse blocks are sized for the Δ they feed: an SGDM step (coupled decay, momentum)
+    on float32 (w, g, v), against the angle of w and w − d formed in float64 from the same values."""
+    from smdyn.geometry import gram
+    from smdyn.monitor.measure import NRAW, I
+    from smdyn.monitor.metrics import known_update_angle
+
+    lr, wd, mu = 0.1, 5e-4, 0.9
+    gen = torch.Generator().manual_seed(n)
+    for trial in range(3):
+        w = torch.randn(n, generator=gen) * (0.5 + trial) + 0.01 * trial
+        g = torch.randn(n, generator=gen)
+        g -= (g @ w) / (w @ w) * w
+        g *= 0.03 * w.norm() / g.norm()
+        v = torch.randn(n, generator=gen) * (0.07 * w.norm() / math.sqrt(n)) + wd * w / (1 - mu)
+        raw = np.full((1, 1, NRAW), np.nan)
+        for value, key in zip(gram([w, g, v]).numpy(), ("ww", "gg", "vv", "wg", "wv", "gv"), strict=True):
+            raw[0, 0, I[key]] = value
+        got = known_update_angle([raw], [np.array([[lr * wd, lr, lr * mu]])])[0, 0]
+        w64, g64, v64 = (_np(t).astype(np.float64) for t in (w, g, v))
+        after = w64 - lr * (mu * v64 + g64 + wd * w64)
+        a, b = w64 / np.linalg.norm(w64), after / np.linalg.norm(after)
+        want = 2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b))
+        assert got == pytest.approx(want, rel=1e-6), (n, trial)
