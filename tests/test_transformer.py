@@ -1,11 +1,13 @@
 """Tests of the transformer experiment: the GPT (causality, QK-norm invariance), the stdlib text corpus
 (split, windows, size check), Muon + AdamW as one optimizer (against the real torch optimizers), training a
 sequence model (per-character loss against a float64 recomputation, bit-identical resume), the claims'
-grading, and (slow) ``smdyn reproduce transformer --quick``."""
+grading, the report's per-layer figure by block and role on synthetic run directories, and (slow)
+``smdyn reproduce transformer --quick``."""
 
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 import math
@@ -16,14 +18,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _run_columns import RUN_COLUMNS
 
-from smdyn.experiments.config import config_from_dict
+import smdyn.experiments._plotting as plotting
+import smdyn.experiments.train as train_module
+from smdyn import theory
+from smdyn.experiments.config import Config, config_from_dict, load_config, save_config
 from smdyn.experiments.gpt import GPT, gpt
 from smdyn.experiments.optimizers import MuonWithAdamW, by_roles
+from smdyn.experiments.report import write_report
 from smdyn.experiments.reproduce.claims import Verdict
 from smdyn.experiments.reproduce.transformer import THRESHOLDS, _grade, _group
 from smdyn.experiments.text_data import VOCABULARY, encode, load_text
 from smdyn.experiments.train import train
+from smdyn.experiments.transformer_figures import LayerPlace, layer_place
 from smdyn.invariance import find_scale_invariant
 
 V = len(VOCABULARY) + 1
@@ -296,17 +304,205 @@ def test_grading_every_layer_median_or_none() -> None:
     assert _grade(_group({}, [], t.tol), t, True)[0] == Verdict.NOT_REPRODUCED
 
 
+# ---------------------------------------------------------------------------------------------- report figure
+
+
+@pytest.mark.parametrize(
+    ("name", "block", "role", "group"),
+    [
+        ("blocks.0.attn.q.weight", 0, "q", "qk"),
+        ("blocks.3.attn.k.weight", 3, "k", "qk"),
+        ("blocks.12.attn.v.weight", 12, "v", "attention"),
+        ("blocks.1.attn.o.weight", 1, "o", "attention"),
+        ("blocks.4.mlp.fc.weight", 4, "fc", "mlp"),
+        ("blocks.2.mlp.proj.weight", 2, "proj", "mlp"),
+        ("embed.weight", None, "outside", "outside"),
+        ("position.weight", None, "outside", "outside"),
+        ("head.weight", None, "outside", "outside"),
+        ("blocks.0.attn.q_norm.weight", None, "outside", "outside"),  # a gain, not the q projection
+        ("blocks.0.mlp.fc.bias", None, "outside", "outside"),
+    ],
+)
+def test_layer_place_by_block_and_role(name: str, block: int | None, role: str, group: str) -> None:
+    assert layer_place(name) == LayerPlace(block, role, group)
+
+
+def test_every_gpt_matrix_has_one_place() -> None:
+    model = gpt(V, 16, width=16, depth=3, heads=2)
+    places = [layer_place(n) for n, p in model.named_parameters() if p.dim() >= 2]
+    inside = sorted((p.block, p.role) for p in places if p.block is not None)
+    assert inside == sorted((b, r) for b in range(3) for r in ("q", "k", "v", "o", "fc", "proj"))
+    assert sum(p.block is None for p in places) == 3  # embed, position, head
+
+
+# Synthetic runs of the full configs, recorded every 10th step: Δ = ratio · Δ_ref over the claims' window.
+_STRIDE, _RECORDS = 10, 500
+_DEPTH = 5
+_BLOCK_LAYERS = [
+    f"blocks.{i}.{part}.weight"
+    for i in range(_DEPTH)
+    for part in ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")
+]
+_OUTSIDE = ["embed.weight", "position.weight", "head.weight"]
+_ALL = [*_OUTSIDE, *_BLOCK_LAYERS]
+# Distinct ratios, 0.85 ... 1.17 (some inside the 10% band, some not), each layer its own.
+_RATIO = {n: 0.85 + 0.01 * j for j, n in enumerate(_ALL)}
+_ROLE_OF = {"attn.q": "q", "attn.k": "k", "attn.v": "v", "attn.o": "o", "mlp.fc": "fc", "mlp.proj": "proj"}
+
+
+def _hand_role(name: str) -> str:
+    """The role written out from the name's parts (not through `layer_place`)."""
+    parts = name.split(".")
+    return "outside" if parts[0] != "blocks" else _ROLE_OF[f"{parts[2]}.{parts[3]}"]
+
+
+def _alternating(rms: float, n: int, c: float = 0.3) -> np.ndarray:
+    """n (even) values alternating rms·(1 ± c)/√(1+c²), whose RMS is exactly ``rms``."""
+    return rms * np.where(np.arange(n) % 2 == 0, 1 + c, 1 - c) / math.sqrt(1 + c * c)
+
+
+def _synthetic_run(run_dir: Path, cfg: Config, hyper: dict[str, tuple[float, float, float, float]]) -> None:
+    """A finished run directory; ``hyper[layer]`` = (lr, wd, momentum, the monitor's Δ*), and Δ over the
+    last 20% of the records = _RATIO · reference, where the reference is Δ* for Muon and
+    √(2ηλ(1−β₁)/(1+β₁)) for AdamW (what the claims compare with)."""
+    run_dir.mkdir(parents=True)
+    save_config(cfg, run_dir / "config.toml")
+    start = math.floor(0.8 * _RECORDS)
+    adamw = cfg.optim.name == "adamw"
+    delta = {}
+    for name, (lr, wd, mom, star) in hyper.items():
+        ref = math.sqrt(2 * lr * wd * (1 - mom) / (1 + mom)) if adamw else star
+        delta[name] = np.r_[np.full(start, 3.0 * ref), _alternating(_RATIO[name] * ref, _RECORDS - start)]
+    with open(run_dir / "metrics.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, RUN_COLUMNS, restval=1.0)
+        w.writeheader()
+        for t in range(_RECORDS):
+            for name, (lr, wd, mom, star) in hyper.items():
+                d = delta[name][t]
+                w.writerow(
+                    {
+                        "step": t * _STRIDE,
+                        "param": name,
+                        "channel": -1,
+                        "lr": lr,
+                        "wd": wd,
+                        "momentum": mom,
+                        "angular_update": d,
+                        "angular_update_rms": d,
+                        "angular_update_mean": d,
+                        "theory_angular_update": star,
+                        "in_equilibrium": False,
+                        "reason": "",
+                    }
+                )
+    steps = _RECORDS * _STRIDE
+    rows = ["step,epoch,lr,loss,accuracy,test_loss,test_accuracy"]
+    rows += [f"{s},0.0,{cfg.optim.lr},2.0,0.4,2.1,0.4" for s in range(500, steps + 1, 500)]
+    (run_dir / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    (run_dir / "events.csv").write_text("step,kind,group,lr_before,lr_after,factor\n", encoding="utf-8")
+    summary = {"status": "completed", "steps": steps, "wall_time_s": 1.0, "steps_per_s": 1.0, "threads": 1}
+    (run_dir / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+
+
+def _synthetic_transformer(out: Path) -> None:
+    adamw = load_config("transformer_adamw")
+    assert adamw.model.options["depth"] == _DEPTH
+    kosson = math.sqrt(2 * 0.002 * 2.5 * 0.1 / 1.9)
+    _synthetic_run(out / "transformer_adamw", adamw, dict.fromkeys(_ALL, (0.002, 2.5, 0.9, kosson)))
+    muon = load_config("transformer_muon")
+    hyper = {n: (0.02, 0.25, 0.95, 0.05 + 0.001 * j) for j, n in enumerate(_BLOCK_LAYERS)}  # made-up Δ*
+    hyper |= dict.fromkeys(_OUTSIDE, (0.002, 0.25, 0.9, math.sqrt(2 * 0.002 * 0.25 * 0.1 / 1.9)))
+    _synthetic_run(out / "transformer_muon", muon, hyper)
+
+
+def _claims_ratios(doc: dict) -> dict[str, dict[str, float]]:
+    """Per run, every per-layer ratio that claims.json holds (read here from the JSON, by hand)."""
+    out: dict[str, dict[str, float]] = {}
+    for c in doc["claims"]:
+        for key in ("per_layer", "adamw_trained_per_layer"):
+            for name, v in c["measured"].get(key, {}).items():
+                out.setdefault(c["runs"][0], {})[name] = v["ratio"]
+    return out
+
+
+def test_report_figure_draws_the_claims_per_layer_ratios(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smdyn.experiments.reproduce import reproduce
+
+    _synthetic_transformer(tmp_path)
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("train() called for a finished run")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    # The claim's side ratio to √(2ηλ/R) tabulates R by Monte Carlo (~20 s); this test does not read it.
+    monkeypatch.delattr(theory, "muon_decorrelation")
+    drawn: dict[str, object] = {}
+    save = plotting.save_figure
+
+    def keep(fig: object, path: Path) -> Path:
+        drawn[Path(path).name] = fig
+        return save(fig, path)
+
+    monkeypatch.setattr(plotting, "save_figure", keep)
+    reproduce("transformer", out=tmp_path, threads=1, quiet=True)
+
+    doc = json.loads((tmp_path / "claims.json").read_text(encoding="utf-8"))
+    ratios = _claims_ratios(doc)
+    # claims.json holds every monitored matrix of both runs, at the ratio the runs were built with.
+    for config in ("transformer_adamw", "transformer_muon"):
+        assert set(ratios[config]) == set(_ALL)
+        for name, r in ratios[config].items():
+            assert r == pytest.approx(_RATIO[name], rel=1e-9), (config, name)
+    # The figure plots exactly those ratios: per panel and role, in block order.
+    fig = drawn["transformer_layers.png"]
+    axes = fig.axes
+    assert len(axes) == 2
+    for ax, config in zip(axes, ("transformer_adamw", "transformer_muon"), strict=True):
+        lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
+        assert set(lines) == {"q", "k", "v", "o", "fc", "proj", "outside"}
+        for role, line in lines.items():
+            names = [n for n in _ALL if _hand_role(n) == role]
+            x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+            assert np.all(np.diff(x) > 0)  # blocks left to right, the outside matrices at the right
+            if role != "outside":
+                want = [ratios[config][n] for n in names]  # _BLOCK_LAYERS is in block order
+            else:
+                want = [ratios[config][n] for n in sorted(names)]
+                assert x.min() > _DEPTH - 1  # beside the blocks
+            np.testing.assert_array_equal(y, want)
+    # The report shows it, first among the figures.
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert (tmp_path / "figures" / "transformer_layers.png").is_file()
+    assert '<figure id="transformer_layers">' in page
+    assert page.index('id="transformer_layers"') < page.index('id="angular_update"')
+    assert "by block and role (band: 1 ± 10.0%)" in page
+
+
+def test_write_report_checks_extra_figures(tmp_path: Path) -> None:
+    _synthetic_run(
+        tmp_path / "run", load_config("transformer_adamw"), dict.fromkeys(_OUTSIDE, (0.002, 2.5, 0.9, 0.01))
+    )
+    with pytest.raises(TypeError, match="extra_figures"):
+        write_report([tmp_path / "run"], tmp_path / "r", extra_figures=[("title only",)])
+    with pytest.raises(FileNotFoundError, match="extra_figures"):
+        write_report([tmp_path / "run"], tmp_path / "r", extra_figures=[("t", "c", tmp_path / "none.png")])
+
+
 @pytest.mark.slow
 def test_quick_transformer(tmp_path: Path) -> None:
     from smdyn.experiments.reproduce import reproduce
 
-    reproduce("transformer", quick=True, out=tmp_path, threads=1, report=False, quiet=True)
+    reproduce("transformer", quick=True, out=tmp_path, threads=1, quiet=True)
     doc = json.loads((tmp_path / "claims.json").read_text())
     assert all(r["status"] == "completed" and r["steps"] == 500 for r in doc["runs"])
     claims = {c["id"]: c for c in doc["claims"]}
     assert set(claims) == {"adamw_equilibrium_invariant", "adamw_equilibrium_other", "muon_equilibrium"}
     inv, muon = claims["adamw_equilibrium_invariant"]["measured"], claims["muon_equilibrium"]["measured"]
     assert inv["layers"] == 10 and muon["layers"] == 30
+    assert set(muon["adamw_trained_per_layer"]) == {"embed.weight", "position.weight", "head.weight"}
+    assert 'id="transformer_layers"' in (tmp_path / "report.html").read_text(encoding="utf-8")
     assert inv["long_enough"] and muon["long_enough"]
     # Even at 2.5/(ηλ) steps the median layer is near its equilibrium value (a loose band, not the claim).
     assert 0.8 < inv["median_ratio"] < 1.25

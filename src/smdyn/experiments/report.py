@@ -581,6 +581,7 @@ def write_report(
     *,
     layer: str | None = None,
     window: int | None = None,
+    extra_figures: Sequence[tuple[str, str, str | os.PathLike[str]]] = (),
 ) -> Path:
     """Writes ``<out>/figures/*.png`` and a self-contained ``<out>/report.html`` comparing the runs.
 
@@ -594,20 +595,42 @@ def write_report(
             ``layer2.0.conv2``); default the paper's ``layer2.0.conv2`` where present, else the middle one.
         window: recorded steps in the final window of the statistics (default the config's
             ``[monitor] window``, else 200), never reaching back before the last LR change.
+        extra_figures: figures drawn elsewhere (an experiment's own), as (title, caption, PNG path); shown
+            first, in this order, before the generic figures.
 
     Returns:
         The path of ``report.html``.
 
     Raises:
         TypeError, ValueError: a bad argument (named in the message), a run directory without metrics or
-            ``train.csv``, or a ``layer`` that a run does not monitor.
-        FileNotFoundError: a run directory does not exist.
+            ``train.csv``, a ``layer`` that a run does not monitor, or a malformed ``extra_figures`` item.
+        FileNotFoundError: a run directory or an extra figure's file does not exist.
     """
-    return _write(run_dirs, out, title, layer, window)[0]
+    return _write(run_dirs, out, title, layer, window, extra_figures)[0]
+
+
+def _extra(extra_figures: Any) -> list[tuple[_Figure, Path]]:
+    """``extra_figures`` checked, in the form `_render` draws: (title, caption, path) -> (_Figure, path)."""
+    if isinstance(extra_figures, (str, bytes)) or not isinstance(extra_figures, Sequence):
+        raise TypeError(
+            f"extra_figures must be a sequence of (title, caption, path), got {type(extra_figures).__name__}"
+        )
+    out = []
+    for item in extra_figures:
+        ok = isinstance(item, (tuple, list)) and len(item) == 3
+        if not ok or not isinstance(item[0], str) or not isinstance(item[1], str):
+            raise TypeError(f"extra_figures items must be (title: str, caption: str, path), got {item!r}")
+        if not isinstance(item[2], (str, os.PathLike)):
+            raise TypeError(f"extra_figures path must be a str or os.PathLike, got {type(item[2]).__name__}")
+        path = Path(item[2])
+        if not path.is_file():
+            raise FileNotFoundError(f"extra_figures: {path} does not exist")
+        out.append((_Figure(path.name, item[0], item[1]), path))
+    return out
 
 
 def _write(
-    run_dirs: Any, out: Any, title: Any, layer: Any, window: Any
+    run_dirs: Any, out: Any, title: Any, layer: Any, window: Any, extra_figures: Any = ()
 ) -> tuple[Path, list[Run], list[_Stats]]:
     if isinstance(run_dirs, (str, os.PathLike)) or not isinstance(run_dirs, Sequence):
         raise TypeError(f"run_dirs must be a sequence of run directories, got {type(run_dirs).__name__}")
@@ -624,6 +647,7 @@ def _write(
         raise TypeError(f"layer must be a str, got {type(layer).__name__}")
     if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be a positive number of steps, got {window!r}")
+    extra = _extra(extra_figures)
     paths = [Path(d) for d in run_dirs]
     runs = [fig.load_run(p) for p in paths]
     # An unknown layer is an error before anything is written (it names the run and its layers).
@@ -636,7 +660,7 @@ def _write(
     for r in runs:
         warnings_ += [(r.name, "warn", p) for p in r.problems]
         warnings_ += [(r.name, sev, text) for sev, text in _reason_warnings(r)]
-    drawn: list[tuple[_Figure, Path]] = []
+    drawn: list[tuple[_Figure, Path]] = list(extra)
     for fn, takes_layer, needs_two, spec in _FIGURES:
         if needs_two and len(runs) < 2:
             continue

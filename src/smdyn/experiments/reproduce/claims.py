@@ -8,6 +8,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from smdyn.experiments.rundir import Run
@@ -82,6 +83,9 @@ class Experiment:
     #: configs that run other seeds than ``seeds`` (full runs only): a claim about one config's seed
     #: spread can have more seeds without multiplying every other config's runs.
     config_seeds: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    #: the experiment's own figures for its report.html, beside the generic ones: called with the runs, the
+    #: claims and the figures folder, it writes PNGs there and returns (title, caption, path) per figure.
+    figures: Callable[[Runs, Sequence[Claim], Path], list[tuple[str, str, Path]]] | None = None
 
     def seeds_of(self, config: str, quick: bool) -> tuple[int, ...]:
         """The seeds ``config`` runs with: ``quick_seeds`` under ``--quick``, else its own or ``seeds``."""

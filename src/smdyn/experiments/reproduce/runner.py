@@ -21,7 +21,7 @@ from smdyn.experiments import rundir
 from smdyn.experiments._io import atomic_write_json
 from smdyn.experiments.config import Config, load_config, scale_steps
 from smdyn.experiments.reproduce import collapse, fig3, fig4, fig5, fig6, schedules, transformer
-from smdyn.experiments.reproduce.claims import Claim, Experiment, Verdict, finite
+from smdyn.experiments.reproduce.claims import Claim, Experiment, Runs, Verdict, finite
 
 __all__ = ["EXPERIMENTS", "EXPERIMENTS_BY_NAME", "command", "reproduce", "run_experiment"]
 
@@ -181,12 +181,24 @@ def _full_estimate(exp: Experiment, info: list[dict[str, Any]]) -> float:
     return estimate
 
 
-def _evaluate(exp: Experiment, dirs: dict[str, list[Path]]) -> list[Claim]:
-    loaded = {name: [rundir.load_run(d) for d in ds] for name, ds in dirs.items()}
+def _evaluate(exp: Experiment, loaded: Runs) -> list[Claim]:
     try:
         return exp.evaluate(loaded)
     except rundir.NoDataError as exc:  # a run without records (diverged at once): say so
-        return [Claim("no_data", exp.title, "", list(dirs), "", Verdict.NOT_REPRODUCED, str(exc))]
+        return [Claim("no_data", exp.title, "", list(loaded), "", Verdict.NOT_REPRODUCED, str(exc))]
+
+
+def _own_figures(
+    exp: Experiment, loaded: Runs, claims: list[Claim], folder: Path, quiet: bool
+) -> list[tuple[str, str, Path]]:
+    """The experiment's own figures for its report (none when it declares none or has nothing to draw)."""
+    if exp.figures is None:
+        return []
+    try:
+        return exp.figures(loaded, claims, folder)
+    except rundir.NoDataError as exc:
+        _say(quiet, f"  {exp.name}: its own figures were not drawn ({exc})")
+        return []
 
 
 def run_experiment(
@@ -196,13 +208,17 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dirs, info = _train_all(exp, _plan(exp, quick, threads), out, quiet)
-    claims = _evaluate(exp, dirs)
+    loaded = {name: [rundir.load_run(d) for d in ds] for name, ds in dirs.items()}
+    claims = _evaluate(exp, loaded)
     report_path = None
     if report:
         from smdyn.experiments.report import write_report
 
         report_path = write_report(
-            [d for ds in dirs.values() for d in ds], out, title=f"smdyn reproduce: {exp.title}"
+            [d for ds in dirs.values() for d in ds],
+            out,
+            title=f"smdyn reproduce: {exp.title}",
+            extra_figures=_own_figures(exp, loaded, claims, out / "figures", quiet),
         )
     doc = {
         "experiment": exp.name,

@@ -17,13 +17,18 @@ Claims, measured over the last ``tail`` of each run (its start at least ``min_re
 
 A layer's verdict is |RMS Δ / Δ_ref − 1| ≤ ``tol``: "reproduced" when every layer of the group passes,
 "partly" when the median over the group does, "not reproduced" otherwise.
+
+Each claim's ``measured`` holds its layers' numbers (``per_layer``: RMS Δ, Δ_ref, their ratio); the Muon
+claim also holds those of the matrices AdamW trains in that run (``adamw_trained_per_layer``, against the
+monitor's Δ*, not graded). The report's figure (`figures`) draws exactly these ratios, by block and role.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +38,15 @@ from smdyn.experiments.reproduce.claims import Claim, Experiment, Runs, Verdict,
 from smdyn.experiments.reproduce.measures import Series, series, training
 from smdyn.experiments.rundir import Run, nanmean, nanmedian
 
-__all__ = ["EXPERIMENT", "THRESHOLDS", "TransformerThresholds", "evaluate", "scale_invariant_layers"]
+__all__ = [
+    "EXPERIMENT",
+    "THRESHOLDS",
+    "TransformerThresholds",
+    "evaluate",
+    "figures",
+    "layer_ratios",
+    "scale_invariant_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -235,6 +248,7 @@ def _muon_claim(run: Run, t: TransformerThresholds) -> Claim:
     g["median_simple_ratio"] = nanmedian(simple[n] for n in matrices)
     g["invariant_median_ratio"] = nanmedian(layers[n]["ratio"] for n in matrices if n in invariant)
     g["other_median_ratio"] = nanmedian(layers[n]["ratio"] for n in matrices if n not in invariant)
+    g["adamw_trained_per_layer"] = {n: layers[n] for n in s.layers if n not in matrices}
     have_theory = any(finite(layers[n]["reference"]) for n in matrices)
     if have_theory:
         verdict, reason = _grade(g, t, info["long_enough"])
@@ -266,6 +280,80 @@ def evaluate(runs: Runs, t: TransformerThresholds = THRESHOLDS) -> list[Claim]:
     return [*_adamw_claims(runs["transformer_adamw"][0], t), _muon_claim(runs["transformer_muon"][0], t)]
 
 
+def layer_ratios(claims: Sequence[Claim | Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each run's RMS Δ / Δ_ref per layer, as the claims measured it (``per_layer``, and the Muon run's
+    ``adamw_trained_per_layer``): config name -> layer -> ratio (NaN where there is no reference).
+
+    Takes `Claim` objects or their dicts as claims.json holds them (a NaN there is ``null``).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for c in claims:
+        d = c.to_dict() if isinstance(c, Claim) else c
+        measured = d.get("measured") or {}
+        if not d.get("runs"):
+            continue
+        layers = out.setdefault(d["runs"][0], {})
+        for key in ("per_layer", "adamw_trained_per_layer"):
+            for name, v in (measured.get(key) or {}).items():
+                r = v.get("ratio")
+                layers[name] = float(r) if finite(r) else math.nan
+    return out
+
+
+_PANEL_TITLES = (
+    ("transformer_adamw", "AdamW: RMS Δ / √(2ηλ(1−β₁)/(1+β₁))"),
+    ("transformer_muon", "Muon: RMS Δ / Δ* (the monitor's)"),
+)
+
+
+def _caption(t: TransformerThresholds) -> str:
+    return (
+        f"Every monitored matrix's RMS angular update over the claims' window (the last {pct(t.tail)} of the "
+        "records) divided by the reference Δ its claim compares it with: for AdamW √(2ηλ(1−β₁)/(1+β₁)) "
+        "(Kosson et al. 2024) from the recorded η, λ, β₁; for Muon the monitor's Δ* "
+        "(smdyn.theory.muon_angular_update). These are the per-layer ratios of claims.json. x: the block, "
+        "its roles side by side (q, k, v, o, fc, proj); at the right the matrices outside the blocks "
+        "(embeddings, head). Colour: the role's group; q and k are QK-normalised, hence scale-invariant, "
+        "the others are not. Shaded: 1 ± tol, where a layer counts as matching. In the Muon run the "
+        "embeddings and head are trained by AdamW and shown against the monitor's Δ* for AdamW; they are "
+        "not part of the Muon claim."
+    )
+
+
+def _qk_norm(runs: Runs, config: str) -> bool:
+    found = runs.get(config) or []
+    options = found[0].config.get("model", {}).get("options", {}) if found else {}
+    return options.get("qk_norm", "layernorm") != "none"
+
+
+def figures(
+    runs: Runs, claims: Sequence[Claim], folder: Path, t: TransformerThresholds = THRESHOLDS
+) -> list[tuple[str, str, Path]]:
+    """The report's figure of this experiment: RMS Δ / Δ_ref per layer by block and role, one panel per run,
+    drawn from the claims' own per-layer numbers. [] when the claims measured no layer.
+
+    Raises:
+        NoDataError: no layer has a finite ratio.
+    """
+    from smdyn.experiments._plotting import save_figure
+    from smdyn.experiments.transformer_figures import Panel, layer_ratio_figure
+
+    ratios = layer_ratios(claims)
+    windows = {c.runs[0]: c.measured.get("window") for c in claims if c.runs and "window" in c.measured}
+    panels = []
+    for config, title in _PANEL_TITLES:
+        if not ratios.get(config):
+            continue
+        w = windows.get(config)
+        steps = f", steps {w[0]}–{w[1]}" if w else ""
+        panels.append(Panel(f"{title}{steps}", ratios[config], _qk_norm(runs, config)))
+    if not panels:
+        return []
+    path = save_figure(layer_ratio_figure(panels, t.tol), Path(folder) / "transformer_layers.png")
+    title = f"RMS Δ / Δ_ref per layer, by block and role (band: 1 ± {pct(t.tol)})"
+    return [(title, _caption(t), path)]
+
+
 EXPERIMENT = Experiment(
     "transformer",
     "Rotational equilibrium in a small GPT: AdamW and Muon (beyond the paper)",
@@ -274,4 +362,5 @@ EXPERIMENT = Experiment(
     # 500 steps = 2.5/(ηλ): a smoke test whose window (from step 400 = 2/(ηλ)) is near equilibrium.
     {"transformer_adamw": 0.1, "transformer_muon": 0.1},
     THRESHOLDS,
+    figures=figures,
 )
