@@ -58,8 +58,9 @@ _TAILS: dict[torch.device, torch.Tensor] = {}
 def _tail(device: torch.device) -> torch.Tensor:
     """The constant end of a known-update row: NaN snapshot columns and a 0 skip flag (cached per device)."""
     t = _TAILS.get(device)
-    if t is None:
-        t = torch.tensor([math.nan] * 7 + [0.0], dtype=torch.float64, device=device)
+    if t is None:  # made on the device: a tensor copied from the host would wait for it
+        nan = torch.full((7,), math.nan, dtype=torch.float64, device=device)
+        t = torch.cat([nan, torch.zeros(1, dtype=torch.float64, device=device)])
         _TAILS[device] = t
     return t
 
