@@ -26,7 +26,7 @@ _HALF = (torch.float16, torch.bfloat16)
 _SNAP = slice(I["bb"], I["unmoved"] + 1)
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One tensor of a monitored unit at a recorded step."""
 
@@ -37,6 +37,7 @@ class Item:
     g: torch.Tensor | None  # local gradient; None: a NaN row
     v: torch.Tensor | None  # local momentum buffer entering the update, if any
     snapshot: bool  # the step is measured by comparing w_t with w_{t+1}
+    shape: tuple | None = None  # shape_key(param): None when it is never batched
 
 
 @dataclass
@@ -58,7 +59,10 @@ class StepMeasurement:
 
     def _add(self, block: torch.Tensor, items: list[Item]) -> int:
         self.blocks.append(block)
-        self.index.append(np.concatenate([np.arange(it.row, it.row + it.rows) for it in items]))
+        if all(it.rows == 1 for it in items):
+            self.index.append(np.fromiter((it.row for it in items), dtype=np.int64, count=len(items)))
+        else:
+            self.index.append(np.concatenate([np.arange(it.row, it.row + it.rows) for it in items]))
         return len(self.blocks) - 1
 
     @property
@@ -66,15 +70,24 @@ class StepMeasurement:
         return bool(self.groups or self.singles)
 
 
+def shape_key(w: torch.Tensor, per_channel: bool) -> tuple | None:
+    """What a tensor shares with those it can be stacked with (device, dtype, shape, granularity), or None
+    for one measured alone: large (> FAST_MAX elements, where the op count does not matter), sharded or 0-d.
+    Fixed for a parameter, so it is computed once, not every recorded step."""
+    if w.numel() > measure.FAST_MAX or measure.is_sharded(w) or w.dim() < 1:
+        return None
+    return (w.device, w.dtype, tuple(w.shape), per_channel)
+
+
 def _batchable(it: Item) -> bool:
     w = it.param
     same = it.g is not None and it.g.dtype == w.dtype and (it.v is None or it.v.dtype == w.dtype)
-    return same and w.numel() <= measure.FAST_MAX and not measure.is_sharded(it.param) and w.dim() >= 1
+    # the key was made once: a parameter moved or re-typed since is measured alone (correct, not batched)
+    return same and it.shape is not None and it.shape == (w.device, w.dtype, w.shape, it.per_channel)
 
 
 def _key(it: Item) -> tuple:
-    w = it.param
-    return (w.device, w.dtype, tuple(w.shape), it.per_channel, it.v is not None, it.snapshot)
+    return (*it.shape, it.v is not None, it.snapshot)  # type: ignore[misc]
 
 
 def measure_step(
@@ -183,4 +196,4 @@ def _fill_group(block: torch.Tensor, grp: _Group, buffers: measure.Buffers | Non
     block[:, I["pb"] : I["unmoved"] + 1] = sums[:, 3:]
 
 
-__all__ = ["NRAW", "Item", "StepMeasurement", "measure_after", "measure_step"]
+__all__ = ["NRAW", "Item", "StepMeasurement", "measure_after", "measure_step", "shape_key"]

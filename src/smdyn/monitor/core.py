@@ -100,6 +100,7 @@ class SphericalMonitor:
         self._history = History(0 if not keep_history else history_rows)
         self._group_of: dict[int, int] = {}
         self._ngroups = -1
+        self._plan: list[Any] | None = None  # _unit_plan of the units and param groups
         self._first_batch: Any = None
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
@@ -134,6 +135,7 @@ class SphericalMonitor:
                 "(no conv/linear feeding a normalization layer); pass params explicitly"
             )
         self.units = units
+        self._plan = None
         self._sync_groups()
         if self._explicit:
             for u in units:
@@ -161,6 +163,7 @@ class SphericalMonitor:
         self._group_of = {id(p): gi for gi, g in enumerate(groups) for p in g["params"]}
         self._lr.grow(len(groups))
         self._ngroups = len(groups)
+        self._plan = None
 
     def _capture_batch(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._first_batch is None and args and not kwargs:
@@ -269,6 +272,7 @@ class SphericalMonitor:
         found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
         turned = _control.held_by(opt, _MOVES_AFTER_STEP)  # weights a control moves after the step
         hparams = [r.hparams(g) for r, g in zip(rules, groups, strict=True)]
+        with_coeffs = [r.coefficients is not None for r in rules]
         known_coeffs: dict[tuple[int, bool], Any] = {}  # (group, has buffer) → (a, b, c): once per step
 
         def coefficients(gi: int, has_buffer: bool) -> Any:
@@ -279,37 +283,36 @@ class SphericalMonitor:
 
         items: list[batch.Item] = []
         meta: list[records.UnitStep] = []
-        row = 0
-        for u in self.units:
-            gis = [self._group_of.get(id(t)) for t in u.tensors]
-            nrows = [t.shape[0] if u.per_channel else 1 for t in u.tensors]
-            if any(gi is None for gi in gis):
-                for t, n in zip(u.tensors, nrows, strict=True):
-                    items.append(batch.Item(t, row, n, u.per_channel, None, None, False))
-                    row += n
+        if self._plan is None:
+            self._plan = _unit_plan(self.units, self._group_of)
+        for u, placed, in_optimizer in self._plan:
+            if not in_optimizer:
+                items += [batch.Item(t, r, n, u.per_channel, None, None, False) for t, r, n, _, _ in placed]
                 coeffs = (None,) * len(u.tensors)
                 meta.append(records.UnitStep(*(math.nan,) * 3, _NOT_IN_OPTIMIZER, coeffs, "not_in_optimizer"))
                 continue
-            rule = rules[gis[0]]
+            gi0 = placed[0][3]
+            rule = rules[gi0]
             coeffs: list[Any] = []
-            for t, gi, n in zip(u.tensors, gis, nrows, strict=True):
-                g = measure.local(t.grad) if t.requires_grad else None
-                v = (
-                    measure.local(state.get(t, {}).get(rule.buffer))
-                    if rule.buffer and g is not None
-                    else None
-                )
-                known = (
-                    g is not None
-                    and rules[gi].coefficients is not None
-                    and t.dtype in _EXACT_FORMATS
-                    and id(t) not in turned
-                )
+            frozen = no_grad = False
+            for t, row, n, gi, shape_key in placed:
+                if not t.requires_grad:
+                    frozen, g = True, None
+                else:  # a tensor with a batching key is not sharded: its gradient is read as it is
+                    g = t.grad if shape_key is not None else measure.local(t.grad)
+                    no_grad = no_grad or g is None
+                v = None
+                if rule.buffer and g is not None:
+                    st = state.get(t)
+                    v = None if st is None else measure.local(st.get(rule.buffer))
+                known = g is not None and with_coeffs[gi] and t.dtype in _EXACT_FORMATS
+                known = known and id(t) not in turned
                 coeffs.append(coefficients(gi, v is not None) if known else None)
-                items.append(batch.Item(t, row, n, u.per_channel, g, v, g is not None and not known))
-                row += n
-            lr, wd, mom = hparams[gis[0]]
-            meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), _host_code(u)))
+                snap = g is not None and not known
+                items.append(batch.Item(t, row, n, u.per_channel, g, v, snap, shape_key))
+            lr, wd, mom = hparams[gi0]
+            code = "frozen" if frozen else "no_grad" if no_grad else "norm_frozen" if u.norm_frozen() else ""
+            meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), code))
         self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf, self._buffers))
 
     def _measure_after(self) -> None:
@@ -486,12 +489,21 @@ def _check_arguments(
         raise ValueError(f"history_rows must be None or an int >= 0, got {history_rows!r}")
 
 
-def _host_code(u: Unit) -> str:
-    if not all(t.requires_grad for t in u.tensors):
-        return "frozen"
-    if any(t.grad is None for t in u.tensors):
-        return "no_grad"
-    return "norm_frozen" if u.norm_frozen() else ""
+def _unit_plan(
+    units: list[Unit], group_of: Mapping[int, int]
+) -> list[tuple[Unit, list[tuple[torch.Tensor, int, int, int, tuple | None]], bool]]:
+    """Per unit, what does not change from step to step: each tensor's first record row, rows, param
+    group and batching key (:func:`batch.shape_key`), and whether the optimizer holds all of its tensors.
+    Re-made when the units or the param groups change."""
+    plan, row = [], 0
+    for u in units:
+        placed = []
+        for t in u.tensors:
+            n = t.shape[0] if u.per_channel else 1
+            placed.append((t, row, n, group_of.get(id(t)), batch.shape_key(t, u.per_channel)))
+            row += n
+        plan.append((u, placed, all(p[3] is not None for p in placed)))
+    return plan
 
 
 def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
