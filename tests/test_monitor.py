@@ -413,3 +413,45 @@ def test_step_with_closure_measures_after_the_closure_computed_the_gradients() -
     h = mon.history()
     mon.close()
     np.testing.assert_allclose(h["angular_update"], angles, rtol=1e-4)
+
+
+def test_units_computed_together_keep_their_own_rows_and_groups() -> None:
+    """A flush computes units that share a shape and their host facts in one pass (records._unit_blocks):
+    rows must still land on their own names, with their own group's theory, across groups and a frozen
+    unit. Δ against float64 angles of the stored weights, Δ* against √(2λη/(1+α)) per group."""
+    torch.manual_seed(0)
+    model = nn.ModuleDict({f"l{i}": nn.Linear(8, 8, bias=False) for i in range(7)})
+    names = [f"l{i}.weight" for i in range(7) if i != 5]
+    settings = {i: (0.1, 1e-3) for i in (0, 2, 4, 6)} | {i: (0.05, 5e-3) for i in (1, 3)}
+    groups = [
+        {"params": [model[f"l{i}"].weight for i in (0, 2, 4, 6)], "lr": 0.1, "weight_decay": 1e-3},
+        {"params": [model[f"l{i}"].weight for i in (1, 3)], "lr": 0.05, "weight_decay": 5e-3},
+    ]  # l5 is not monitored (nor optimized); l6 is frozen after the first step
+    opt = torch.optim.SGD(groups, momentum=0.9)
+    mon = SphericalMonitor(model, opt, params=names, flush_every=1000)
+    want: dict[tuple[str, int], float] = {}
+    for step in range(4):
+        if step == 1:
+            model["l6"].weight.requires_grad_(False)
+        x = torch.randn(16, 8)
+        loss = sum((model[f"l{i}"](x) ** 2).mean() for i in range(7))
+        opt.zero_grad()
+        loss.backward()
+        before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
+        opt.step()
+        for n, p in model.named_parameters():
+            a, b = before[n].flatten(), p.detach().double().flatten()
+            a, b = a / a.norm(), b / b.norm()
+            want[n, step] = 2 * math.atan2(float((a - b).norm()), float((a + b).norm()))
+    mon.close()
+    h = mon.history()
+    for name, step, got, star, code in zip(
+        h["param"], h["step"], h["angular_update"], h["theory_angular_update"], h["reason_code"], strict=True
+    ):
+        i = int(name[1])
+        if i == 6 and step >= 1:
+            assert code == "frozen"
+            continue
+        lr, wd = settings[i]
+        assert got == pytest.approx(want[name, int(step)], rel=1e-4), (name, step)
+        assert star == pytest.approx(math.sqrt(2 * lr * wd / 1.9), rel=1e-12), (name, step)

@@ -101,6 +101,7 @@ class SphericalMonitor:
         self._group_of: dict[int, int] = {}
         self._ngroups = -1
         self._plan: list[Any] | None = None  # _unit_plan of the units and param groups
+        self._rules: dict[int, Rule] = {}  # param group → its rule at the last recorded step
         self._first_batch: Any = None
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
@@ -261,11 +262,20 @@ class SphericalMonitor:
             self._capture.remove()
             self._capture = None
 
+    def _same_rule(self, gi: int, rule: Rule) -> Rule:
+        """The rule object this group had at the last recorded step when the rule is unchanged: records of
+        one rule then share one object, which the flush groups by identity (``verdict.distinct_rules``)."""
+        old = self._rules.get(gi)
+        if old is not None and old == rule:
+            return old
+        self._rules[gi] = rule
+        return rule
+
     def _measure_before(self) -> None:
         """Reductions of (w, g, v) on the device (``batch``); hyper-parameters and rule on the host."""
         opt = self.optimizer
         groups, state = opt.param_groups, opt.state
-        rules = [rule_for(opt, g) for g in groups]
+        rules = [self._same_rule(gi, rule_for(opt, g)) for gi, g in enumerate(groups)]
         scale = getattr(opt, "grad_scale", None)  # set by GradScaler for fused optimizers: grads still scaled
         inv_scale = torch.reciprocal(scale) if isinstance(scale, torch.Tensor) else None
         found_inf = getattr(opt, "found_inf", None)
@@ -283,13 +293,19 @@ class SphericalMonitor:
 
         items: list[batch.Item] = []
         meta: list[records.UnitStep] = []
+        # units with the same host facts this step share one UnitStep: the flush computes them together
+        shared: dict[tuple, records.UnitStep] = {}
         if self._plan is None:
             self._plan = _unit_plan(self.units, self._group_of)
         for u, placed, in_optimizer in self._plan:
             if not in_optimizer:
                 items += [batch.Item(t, r, n, u.per_channel, None, None, False) for t, r, n, _, _ in placed]
-                coeffs = (None,) * len(u.tensors)
-                meta.append(records.UnitStep(*(math.nan,) * 3, _NOT_IN_OPTIMIZER, coeffs, "not_in_optimizer"))
+                key = (-1, len(u.tensors))
+                if key not in shared:
+                    none = (None,) * len(u.tensors)
+                    nan3 = (math.nan,) * 3
+                    shared[key] = records.UnitStep(*nan3, _NOT_IN_OPTIMIZER, none, "not_in_optimizer")
+                meta.append(shared[key])
                 continue
             gi0 = placed[0][3]
             rule = rules[gi0]
@@ -310,9 +326,11 @@ class SphericalMonitor:
                 coeffs.append(coefficients(gi, v is not None) if known else None)
                 snap = g is not None and not known
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, snap, shape_key))
-            lr, wd, mom = hparams[gi0]
             code = "frozen" if frozen else "no_grad" if no_grad else "norm_frozen" if u.norm_frozen() else ""
-            meta.append(records.UnitStep(lr, wd, mom, rule, tuple(coeffs), code))
+            key = (gi0, code, tuple(map(id, coeffs)))  # coefficients are one object per (group, buffer)
+            if key not in shared:
+                shared[key] = records.UnitStep(*hparams[gi0], rule, tuple(coeffs), code)
+            meta.append(shared[key])
         self._current = (self.step, meta, batch.measure_step(items, inv_scale, found_inf, self._buffers))
 
     def _measure_after(self) -> None:

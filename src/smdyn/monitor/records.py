@@ -67,15 +67,15 @@ def _unit_rows(u: Unit, raw: np.ndarray, start: int) -> tuple[list[np.ndarray], 
     return parts, start
 
 
-def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict[str, np.ndarray]:
-    """Metrics, theory and reasons of one unit over a block of steps, ``[steps, rows]`` each."""
+def _unit_block(parts: list[np.ndarray], row_numel: int, steps: list[UnitStep]) -> dict[str, np.ndarray]:
+    """Metrics, theory and reasons over a block of steps, ``[steps, rows]`` each, for units that share
+    their per-step host facts (``steps``): one unit, or several whose rows are side by side in ``parts``."""
     lr = np.array([s.lr for s in steps])
     wd = np.array([s.wd for s in steps])
     mom = np.array([s.mom for s in steps])
     rules = [s.rule for s in steps]
-    coeffs = [np.array([s.coeffs[i] or _NAN3 for s in steps]) for i in range(len(u.tensors))]
+    coeffs = [np.array([s.coeffs[i] or _NAN3 for s in steps]) for i in range(len(parts))]
     heavy_ball = np.array([r.family == "sgd" for r in rules])
-    row_numel = u.numel // u.rows
     m = metrics.unit_metrics(parts, coeffs, lr, mom, row_numel, with_h=bool(heavy_ball.any()))
     ww = sum(p[..., I["ww"]] for p in parts)
     finite_grad = np.all([np.isfinite(p[..., I["gg"]]) for p in parts], axis=0)
@@ -105,15 +105,34 @@ def _unit_block(u: Unit, parts: list[np.ndarray], steps: list[UnitStep]) -> dict
     }
 
 
+def _unit_blocks(units: list[Unit], meta: list[list[UnitStep]], raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Every unit's :func:`_unit_block`, ``[steps, rows]`` in layout order, computed once per set of units
+    that share their shape (tensors, elements per row) and their host facts at every step (the monitor
+    hands them the same UnitStep objects): 500 small units of one param group take one pass, not 500."""
+    sets: dict[tuple, list[tuple[int, list[np.ndarray], np.ndarray]]] = {}
+    start = row = 0
+    for ui, u in enumerate(units):
+        parts, start = _unit_rows(u, raw, start)
+        key = (len(u.tensors), u.numel // u.rows, tuple(id(m[ui]) for m in meta))
+        sets.setdefault(key, []).append((ui, parts, np.arange(row, row + u.rows)))
+        row += u.rows
+    out: dict[str, np.ndarray] = {}
+    for (ntensors, row_numel, _), members in sets.items():
+        parts = [np.concatenate([p[i] for _, p, _ in members], axis=1) for i in range(ntensors)]
+        block = _unit_block(parts, row_numel, [m[members[0][0]] for m in meta])
+        rows = np.concatenate([r for _, _, r in members])
+        for k, v in block.items():
+            if k not in out:
+                out[k] = np.empty((v.shape[0], row, *v.shape[2:]), dtype=v.dtype)
+            out[k][:, rows] = v
+    return out
+
+
 def build(
     layout: Layout, windows: Windows, steps: np.ndarray, meta: list[list[UnitStep]], raw: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Rows for a block of recorded steps: per-unit metrics vectorised over steps, then windows and theory."""
-    blocks, start = [], 0
-    for ui, u in enumerate(layout.units):
-        parts, start = _unit_rows(u, raw, start)
-        blocks.append(_unit_block(u, parts, [m[ui] for m in meta]))
-    c = {k: np.concatenate([b[k] for b in blocks], axis=1) for k in blocks[0]}
+    c = _unit_blocks(layout.units, meta, raw)
     win = windows.advance(c["hparams"], c["angular_update"], c["ell"], c["star"])
     lr, wd, mom = c["hparams"][..., 0], c["hparams"][..., 1], c["hparams"][..., 2]
     code, prose = c["code"], c["prose"]
@@ -121,8 +140,8 @@ def build(
         norm_star = c["norm_star"].copy()
         L = win["l_estimate"]
         ok = c["heavy_ball"] & (code == "") & (L > 0) & np.isfinite(L) & (lr * wd < 2 * (1 + mom))
-        for rule in dict.fromkeys(c["rule"][ok]):  # the heavy-ball family's w* comes from L
-            sel = ok & (c["rule"] == rule)
+        for rule in verdict.distinct_rules(c["rule"][ok]):  # the heavy-ball family's w* comes from L
+            sel = ok & verdict.same_rule(c["rule"], rule)
             norm_star[sel] = rule.weight_norm(L[sel], lr[sel], wd[sel], mom[sel])
         ratio = win["angular_update_rms"] / c["star"]
         full = win["count"] >= layout.window

@@ -8,6 +8,7 @@ that is scale-invariant this step (its norm normalizes) and a step that was real
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +19,26 @@ from smdyn.rules import Rule
 #: Codes decided on the host when the step is measured (before any device value is known).
 HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "norm_frozen")
 _BELOW_RESOLUTION = 0.5  # fraction of elements that did not move beyond which the step is not the rule's
+
+
+def distinct_rules(rules: Any) -> list[Rule]:
+    """The different rules among ``rules`` (an iterable or object array), in order of first appearance.
+
+    Compared by identity first (the monitor hands the same object for an unchanged param group), and by
+    value only between the few objects left: hashing or comparing a Rule field by field for every row of a
+    flush cost more than the rest of the flush (500 units × 100 steps: 0.19 of 0.77 s)."""
+    out: list[Rule] = []
+    for r in {id(r): r for r in np.asarray(rules, dtype=object).ravel()}.values():
+        if not any(r == u for u in out):
+            out.append(r)
+    return out
+
+
+def same_rule(rules: Any, rule: Rule) -> np.ndarray:
+    """A boolean array of the shape of ``rules``: where the entry is ``rule`` (identity, then value)."""
+    arr = np.asarray(rules, dtype=object)
+    flat = [r is rule or r == rule for r in arr.ravel()]
+    return np.array(flat, dtype=bool).reshape(arr.shape)
 
 
 def step_theory(
@@ -40,8 +61,8 @@ def step_theory(
     no_wd = valid & (wd == 0)
     code[no_wd], note[no_wd] = "no_decay", REASONS["no_decay"]
     ok = valid & (wd > 0)
-    for rule in dict.fromkeys(rules[i] for i in np.flatnonzero(ok)):
-        sel = ok & np.array([r == rule for r in rules])
+    for rule in distinct_rules([rules[i] for i in np.flatnonzero(ok)]):
+        sel = ok & same_rule(rules, rule)
         star[sel] = rule.angular_update(lr[sel], wd[sel], mom[sel])
         relax[sel] = rule.relaxation_steps(lr[sel], wd[sel], mom[sel])
         if rule.family == "sgd":  # w* needs L, estimated from the gradients (records.build)
