@@ -160,8 +160,8 @@ def fill_update(
     holds exactly, so the step measured is the one the rounding really applied. ``before`` is overwritten.
     """
     work = torch.promote_types(after.dtype, torch.float32)
-    if not (per_channel or sharded) and after.numel() <= FAST_MAX:
-        _fill_small(raw, before, after, work)
+    if not (per_channel or sharded):
+        _fill_whole(raw, before, after, work)
         return
     b = after.to(work)
     d = _difference(before, b)
@@ -197,18 +197,33 @@ def count_unmoved(d: torch.Tensor) -> torch.Tensor:
     return d.shape[1] - d.ne_(0).sum(dim=1)
 
 
-def _fill_small(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
-    """One small tensor: ‖b‖², ⟨d,b⟩, ‖d‖² and the two sums of the projected step, with no host read.
+def _dot(x: torch.Tensor, y: torch.Tensor, block: int) -> torch.Tensor:
+    """⟨x, y⟩ of two flat tensors, float32 sums of ``block`` elements added in float64 (on the CPU)."""
+    if x.device.type != "cpu" or x.numel() <= block:
+        return torch.dot(x, y).to(torch.float64)
+    parts = [torch.dot(a, b) for a, b in zip(x.split(block), y.split(block), strict=True)]
+    return torch.stack(parts).to(torch.float64).sum()
+
+
+def _fill_whole(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
+    """One whole tensor: ‖b‖², ⟨d,b⟩, ‖d‖² and the two sums of the projected step, with no host read.
 
     With c = ⟨d,b⟩/‖b‖² and p = d − c·b (the step with its radial part removed, up to rounding), the host
     takes ‖d⊥‖² = ‖p‖² − ⟨p,b⟩²/‖b‖², accurate whether the step is mostly tangential or mostly radial
-    (docs/design.md §2), so no branch on a device value is needed.
+    (docs/design.md §2), so no branch on a device value is needed; ⟨d,b⟩ = c‖b‖² + ⟨p,b⟩ and ‖d‖² =
+    c²‖b‖² + 2c⟨p,b⟩ + ‖p‖² follow in float64 (so a pair of tensors, whose sums the host adds, keeps that
+    accuracy too). Only ‖p‖², the angle's numerator, needs the fine blocks of ``geometry._BLOCK``; ‖b‖²,
+    ⟨d,b⟩ (which only sets c) and ⟨p,b⟩ (small against ‖p‖‖b‖) take the coarse ones of
+    ``geometry._GRAM_BLOCK``: five sums over 2¹⁸ elements in 19 float32 dot products instead of 40.
     """
+    coarse, fine = geometry._GRAM_BLOCK, geometry._BLOCK
     b = after.reshape(-1).to(work)
     d = _difference(before.reshape(-1), b)
-    bb, db = torch.dot(b, b), torch.dot(d, b)
-    p = d - (db / bb) * b
-    dd, pb, pp = torch.dot(d, d), torch.dot(p, b), torch.dot(p, p)
-    unmoved = count_unmoved(d.reshape(1, -1))[0]  # consumes d
-    sums = torch.stack([bb, db, dd, pb, pp, unmoved]).to(torch.float64)
+    bb, db = _dot(b, b, coarse), _dot(d, b, coarse)
+    c_low = (db / bb).to(work)
+    p = torch.addcmul(d, b, c_low, value=-1.0)
+    pb, pp = _dot(p, b, coarse), _dot(p, p, fine)
+    unmoved = count_unmoved(d.reshape(1, -1))[0].to(torch.float64)  # consumes d
+    c = c_low.to(torch.float64)
+    sums = torch.stack([bb, c * bb + pb, c * c * bb + 2.0 * c * pb + pp, pb, pp, unmoved])
     raw[0, _SNAP] = torch.cat([sums[:3], _tail(raw.device)[:1], sums[3:]])
