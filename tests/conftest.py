@@ -2,7 +2,10 @@
 expensive to compute more than once per test session."""
 
 import contextlib
+import importlib.util
 import io
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,3 +25,18 @@ def quick_simulation(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with contextlib.redirect_stdout(printed):
         rc = main(["simulate", "--quick", "--out", str(out)])
     return {"out": out, "path": out / "simulation_report.md", "stdout": printed.getvalue(), "rc": rc}
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """Imports ``benchmarks/<name>.py`` (not a package) by its path: ``load_benchmark("gpu")``."""
+
+    def load(name: str):
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+        return module
+
+    return load

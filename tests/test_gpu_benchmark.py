@@ -2,12 +2,9 @@
 recorded step, and the sync-debug bookkeeping of its CUDA path fed fake steps (no GPU needed)."""
 
 import contextlib
-import importlib.util
 import io
 import re
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 @pytest.fixture(scope="module")
-def bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "gpu.py"
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("gpu")
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,6 @@
 """benchmarks/schedules_on_a_network.py, shortened: the planner and continuous rescaling against real SGDM
 runs under warm-up + cosine decay (the measured values come from ``torch.optim.SGD`` training the network)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,13 +10,8 @@ STEPS = 1500  # 15 relaxation times at the peak lr; the norm lags the cosine's e
 
 
 @pytest.fixture(scope="module")
-def bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "schedules_on_a_network.py"
-    spec = importlib.util.spec_from_file_location("schedules_on_a_network", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("schedules_on_a_network")
 
 
 def _sgdm_run(bench, control: str):

@@ -99,3 +99,28 @@ def close_quietly(objects: Iterable[Any]) -> None:
         if obj is not None:
             with contextlib.suppress(Exception):  # already stopping because of another error
                 obj.close()
+
+
+class MonitorOwner:
+    """The end of a monitor callback's life, shared by the Lightning and Hugging Face callbacks: close the
+    monitor once, or, if closing fails, go idle with one warning. Needs ``monitor``, ``_idle``, ``_open``."""
+
+    monitor: Any
+    _idle: bool
+    _open: bool
+
+    def _close_monitor(self, hook: str) -> None:
+        """Flush the last records, remove the optimizer hooks and close the sinks; never raises."""
+        if self.monitor is not None and not self._idle:
+            try:
+                self.monitor.close()
+            except Exception as exc:  # training is ending: say so, do not raise
+                self._go_idle(hook, exc)
+        self._open = False
+
+    def _go_idle(self, hook: str, exc: BaseException) -> None:
+        """One warning, then nothing more until training starts again; the monitor's hooks are removed."""
+        self._idle = True
+        self._open = False
+        close_quietly([self.monitor])
+        idle_warning("SphericalMonitorCallback", hook, exc, "monitoring")

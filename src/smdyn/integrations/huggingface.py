@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from smdyn.integrations._callbacks import close_quietly, guarded, idle_warning, monitor_arguments
+from smdyn.integrations._callbacks import (
+    MonitorOwner,
+    close_quietly,
+    guarded,
+    monitor_arguments,
+)
 from smdyn.integrations._metrics import compact_metrics
 from smdyn.monitor import SphericalMonitor
 
@@ -47,7 +52,7 @@ _STATE_FILE = "smdyn_monitor.pt"
 # Per-weight values put into the Trainer's logs as ``<metric>/<param>``.
 
 
-class SphericalMonitorCallback(TrainerCallback):
+class SphericalMonitorCallback(MonitorOwner, TrainerCallback):
     """Record Spherical Motion Dynamics during ``Trainer.train()`` and report them through the Trainer's logs.
 
     Pass it in ``Trainer(..., callbacks=[SphericalMonitorCallback()])``. After training,
@@ -232,19 +237,7 @@ class SphericalMonitorCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         """Flush the last records, remove the optimizer hooks and close the sinks."""
-        if not self._idle and self.monitor is not None:
-            try:
-                self.monitor.close()
-            except Exception as exc:
-                self._go_idle("on_train_end", exc)
-        self._open = False
-
-    def _go_idle(self, hook: str, exc: BaseException) -> None:
-        """One warning, then nothing more this run; the monitor is closed (its hooks removed)."""
-        self._idle = True
-        self._open = False
-        close_quietly([self.monitor])
-        idle_warning("SphericalMonitorCallback", hook, exc, "monitoring")
+        self._close_monitor("on_train_end")
 
     # ------------------------------------------------------------------ internals
 

@@ -24,7 +24,13 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from smdyn.integrations._callbacks import close_quietly, guarded, idle_warning, monitor_arguments
+from smdyn.integrations._callbacks import (
+    MonitorOwner,
+    close_quietly,
+    guarded,
+    idle_warning,
+    monitor_arguments,
+)
 from smdyn.integrations._metrics import compact_metrics
 from smdyn.monitor import SphericalMonitor
 
@@ -153,7 +159,8 @@ def _build_rescaler_callback(pl: Any) -> type:
 # Per-weight values sent to the loggers as ``<metric>/<param>``: the names of the Hugging Face callback.
 
 
-class _MonitorCallbackBody:  # the body of SphericalMonitorCallback; the class itself needs Lightning
+# The body of SphericalMonitorCallback; the class itself, on Lightning's Callback, is made on first access.
+class _MonitorCallbackBody(MonitorOwner):
     """Record Spherical Motion Dynamics during ``Trainer.fit``, reported through the trainer's loggers.
 
     Pass it in ``Trainer(callbacks=[SphericalMonitorCallback()])``. At ``on_train_start`` (after
@@ -363,19 +370,7 @@ class _MonitorCallbackBody:  # the body of SphericalMonitorCallback; the class i
         )
 
     def _close(self) -> None:
-        if self.monitor is not None and not self._idle:
-            try:
-                self.monitor.close()
-            except Exception as exc:  # fit is ending: say so, do not raise
-                self._go_idle("close", exc)
-        self._open = False
-
-    def _go_idle(self, hook: str, exc: BaseException) -> None:
-        """One warning, then nothing more this fit; the monitor is closed (its hooks removed)."""
-        self._idle = True
-        self._open = False
-        close_quietly([self.monitor])
-        idle_warning("SphericalMonitorCallback", hook, exc, "monitoring")
+        self._close_monitor("close")
 
 
 def _build_monitor_callback(pl: Any) -> type:
