@@ -97,7 +97,7 @@ def _preamble(docs: list[dict[str, Any]]) -> list[str]:
     if quick:
         lines.append(
             f"- From the **quick runs** (`--quick`, steps scaled down so that each experiment takes about 3 "
-            f"minutes, fig6 with one seed of three): {', '.join(f'`{e}`' for e in quick)}. The theorems' "
+            f"minutes, fig6 with one seed): {', '.join(f'`{e}`' for e in quick)}. The theorems' "
             "time scales do not "
             "shrink with the runs, so at that size several claims cannot show (a lag after a learning-rate "
             "drop outlasts a shortened stage, SGD is not yet in equilibrium): those verdicts describe the "
