@@ -414,8 +414,9 @@ def test_fig6_pseudo_overfitting_claims(tmp_path: Path, no_training: list) -> No
     assert p["measured"]["sgdm"]["dip_stage2_per_seed"] == pytest.approx([0.025] * 5, abs=1e-12)
     assert p["measured"]["sgdm"]["dip_excess_seeds"]["n"] == 5
     assert p["measured"]["sgdm"]["dip_excess_seeds"]["half95"] == pytest.approx(0.0, abs=1e-12)
+    assert p["measured"]["sgdm"]["sign_test"] == {"n": 5, "larger": 5, "p": 1 / 32}
     assert p["verdict"] == "reproduced"
-    assert "sure at 95%" in p["reason"]
+    assert "sure" in p["reason"] and "5/5 seeds" in p["reason"]
     assert c["rescaling_cures_dip"]["measured"]["rescaled"]["dip_stage2"] == pytest.approx(0.0, abs=1e-12)
     assert c["rescaling_cures_dip"]["verdict"] == "reproduced"
     assert c["adam_no_rising_delta"]["measured"]["adam"]["rise_stage2"] == pytest.approx(1.0)
@@ -423,8 +424,8 @@ def test_fig6_pseudo_overfitting_claims(tmp_path: Path, no_training: list) -> No
 
 
 def test_fig6_dip_of_one_seed_alone_is_not_sure(tmp_path: Path, no_training: list) -> None:
-    # One seed falls 0.2, four do not: the seed mean dips as clearly as 0.04 in every seed, but the seeds
-    # do not agree, and the verdict says so.
+    # One seed falls 0.2, four do not: the seed mean dips as clearly as 0.04 in every seed, but one seed of
+    # five is no evidence, and the verdict says so.
     _fig6_dirs(tmp_path, dip=0.0, seed_dips=[0.2, 0.0, 0.0, 0.0, 0.0])
     reproduce("fig6", out=tmp_path, report=False, quiet=True)
     p = _claims(tmp_path)["pseudo_overfitting"]
@@ -435,9 +436,23 @@ def test_fig6_dip_of_one_seed_alone_is_not_sure(tmp_path: Path, no_training: lis
     assert sgdm["dip_stage2_per_seed"] == pytest.approx(excess.tolist(), abs=1e-12)
     half = 2.776 * excess.std(ddof=1) / math.sqrt(5)  # Student t, 4 degrees of freedom, 95%
     assert sgdm["dip_excess_seeds"]["half95"] == pytest.approx(half, rel=1e-4)
-    assert excess.mean() - half < 0
+    assert sgdm["sign_test"] == {"n": 5, "larger": 1, "p": 31 / 32}  # P(≥ 1 of 5 fair coins)
     assert p["verdict"] == "partly"
-    assert "do not agree" in p["reason"]
+    assert "do not make it sure" in p["reason"]
+
+
+def test_fig6_skewed_dips_of_every_seed_are_sure(tmp_path: Path, no_training: list) -> None:
+    # Every seed dips in stage 2, one far more than the others: the t-interval of the excess reaches below 0,
+    # the sign test (5 of 5 seeds, p = 1/32) does not.
+    _fig6_dirs(tmp_path, dip=0.0, seed_dips=[0.2, 0.04, 0.04, 0.04, 0.04])
+    reproduce("fig6", out=tmp_path, report=False, quiet=True)
+    p = _claims(tmp_path)["pseudo_overfitting"]
+    sgdm = p["measured"]["sgdm"]
+    excess = np.array([0.185, 0.025, 0.025, 0.025, 0.025])
+    assert sgdm["dip_stage2_per_seed"] == pytest.approx(excess.tolist(), abs=1e-12)
+    assert excess.mean() - 2.776 * excess.std(ddof=1) / math.sqrt(5) < 0
+    assert sgdm["sign_test"] == {"n": 5, "larger": 5, "p": 1 / 32}
+    assert p["verdict"] == "reproduced"
 
 
 def test_fig6_dip_in_a_later_stage_too_is_not_pseudo_overfitting(tmp_path: Path, no_training: list) -> None:
