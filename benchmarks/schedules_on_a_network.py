@@ -110,6 +110,7 @@ WARMUP, FLOOR = 0.05, 0.02  # warm-up fraction of the run; final lr as a fractio
 DROP_AT, DROP_AFTER = 1500, 4000  # the step drop: steps before it (15 relaxation times), steps after
 PERCENTS = (50, 90, 100)
 CONTROLS = ("none", "corrected_decay", "rescale", "rotation")
+BETA2 = 0.999  # AdamW's β₂ here, and the lag of its normaliser in the budget reading
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class Rule:
         ]
         if self.name == "sgdm":
             return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
-        return torch.optim.AdamW(groups, lr=self.lr, betas=(self.momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=self.lr, betas=(self.momentum, BETA2))
 
 
 # relaxation time of the norm at the peak: (1 − α)/(2ηλ) = 100 steps (SGDM), 1/(2ηλ) = 250 steps (AdamW)
@@ -369,8 +370,8 @@ def adam_budget(rule: Rule, run: Run, blocks: int = 10) -> dict[str, np.ndarray]
     sigma = np.nan_to_num(unit / norm**2)
     v, rho = np.zeros(norm.shape[0]), np.empty_like(norm)
     for t in range(norm.shape[1]):
-        v = 0.999 * v + 0.001 * sigma[:, t]
-        rho[:, t] = sigma[:, t] * (1 - 0.999 ** (t + 1)) / v
+        v = BETA2 * v + (1 - BETA2) * sigma[:, t]
+        rho[:, t] = sigma[:, t] * (1 - BETA2 ** (t + 1)) / v
     a = 1.0 - lr * rule.wd
     growth = (norm[:, 1:] ** 2 - a[:-1] ** 2 * norm[:, :-1] ** 2) / (lr[:-1] ** 2 * size)
     step_sq = (norm * np.tan(delta) / lr) ** 2 / size

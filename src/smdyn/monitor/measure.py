@@ -161,7 +161,7 @@ def fill_update(
     """
     work = torch.promote_types(after.dtype, torch.float32)
     if not (per_channel or sharded) and after.numel() <= FAST_MAX:
-        _fill_whole(raw, before, after, work)
+        _fill_small(raw, before, after, work)
         return
     b = after.to(work)
     d = _difference(before, b)
@@ -197,34 +197,26 @@ def count_unmoved(d: torch.Tensor) -> torch.Tensor:
     return d.shape[1] - d.ne_(0).sum(dim=1)
 
 
-def _dot(x: torch.Tensor, y: torch.Tensor, block: int) -> torch.Tensor:
-    """⟨x, y⟩ of two flat tensors, float32 sums of ``block`` elements added in float64 (on the CPU)."""
-    if x.device.type != "cpu" or x.numel() <= block:
-        return torch.dot(x, y).to(torch.float64)
-    parts = [torch.dot(a, b) for a, b in zip(x.split(block), y.split(block), strict=True)]
-    return torch.stack(parts).to(torch.float64).sum()
-
-
-def _fill_whole(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
-    """One whole tensor: ‖b‖², ⟨d,b⟩, ‖d‖² and the two sums of the projected step, with no host read.
+def _fill_small(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
+    """One small tensor: ‖b‖², ⟨d,b⟩, ‖d‖² and the two sums of the projected step, with no host read.
 
     With c = ⟨d,b⟩/‖b‖² and p = d − c·b (the step with its radial part removed, up to rounding), the host
     takes ‖d⊥‖² = ‖p‖² − ⟨p,b⟩²/‖b‖², accurate whether the step is mostly tangential or mostly radial
     (docs/design.md §2), so no branch on a device value is needed; ⟨d,b⟩ = c‖b‖² + ⟨p,b⟩ and ‖d‖² =
     c²‖b‖² + 2c⟨p,b⟩ + ‖p‖² follow in float64 (so a pair of tensors, whose sums the host adds, keeps that
-    accuracy too). Used up to ``FAST_MAX`` elements, where each sum is one dot product. Larger tensors go
-    through ``geometry.update_sums``, which projects only when the step is mostly radial: the extra pass
-    over p cost more than the dot products it saves there (MLP AdamW post-step hook 2.9-3.1 → 3.5-3.6 ms a
-    step, measured).
+    accuracy too). Up to ``FAST_MAX`` elements each sum is one float32 dot product that stays accurate.
+    Larger tensors go through ``geometry.update_sums``, which projects only when the step is mostly radial:
+    always projecting cost more there than the dot products it saves (MLP AdamW post-step hook 2.9-3.1 →
+    3.5-3.6 ms a step, measured).
     """
-    coarse, fine = geometry._GRAM_BLOCK, geometry._BLOCK
+    f64 = torch.float64
     b = after.reshape(-1).to(work)
     d = _difference(before.reshape(-1), b)
-    bb, db = _dot(b, b, coarse), _dot(d, b, coarse)
+    bb, db = torch.dot(b, b).to(f64), torch.dot(d, b).to(f64)
     c_low = (db / bb).to(work)
     p = torch.addcmul(d, b, c_low, value=-1.0)
-    pb, pp = _dot(p, b, coarse), _dot(p, p, fine)
-    unmoved = count_unmoved(d.reshape(1, -1))[0].to(torch.float64)  # consumes d
-    c = c_low.to(torch.float64)
+    pb, pp = torch.dot(p, b).to(f64), torch.dot(p, p).to(f64)
+    unmoved = count_unmoved(d.reshape(1, -1))[0].to(f64)  # consumes d
+    c = c_low.to(f64)
     sums = torch.stack([bb, c * bb + pb, c * c * bb + 2.0 * c * pb + pp, pb, pp, unmoved])
     raw[0, _SNAP] = torch.cat([sums[:3], _tail(raw.device)[:1], sums[3:]])
