@@ -455,3 +455,49 @@ def test_units_computed_together_keep_their_own_rows_and_groups() -> None:
         lr, wd = settings[i]
         assert got == pytest.approx(want[name, int(step)], rel=1e-4), (name, step)
         assert star == pytest.approx(math.sqrt(2 * lr * wd / 1.9), rel=1e-12), (name, step)
+
+
+def test_large_known_update_tensors_assembled_together_match_float64() -> None:
+    """Whole tensors above the batching size take plain dot products whose rows are assembled for all of
+    them at once (monitor.batch): shapes that differ, the step without a momentum buffer and the steps with
+    one, a weight past one Gram block (measured alone), a pair (weight + bias) and a fused-scaler-free
+    coupled decay. Every row against float64 sums of the stored tensors."""
+    torch.manual_seed(0)
+    shapes = {"a": (200, 180), "b": (190, 190), "c": (600, 500)}  # 36 000, 36 100, 300 000 > 2**18
+    model = nn.ModuleDict({k: nn.Linear(s[1], s[0]) for k, s in shapes.items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+    names = ["a.weight", "b.weight+b.bias", "c.weight"]
+    mon = SphericalMonitor(model, opt, params=names, flush_every=1000)
+    want: dict[tuple[str, int], dict[str, float]] = {}
+    for step in range(3):
+        opt.zero_grad()
+        loss = sum(m(torch.randn(8, m.in_features)).square().mean() for m in model.values())
+        loss.backward()
+        w = {n: _vec(model, n) for n in names}
+        g = {n: _vec(model, n, grads=True) for n in names}
+        buf = {
+            n: np.concatenate(
+                [
+                    opt.state[p]["momentum_buffer"].double().flatten().numpy()
+                    if "momentum_buffer" in opt.state.get(p, {})
+                    else np.zeros(p.numel())
+                    for p in (dict(model.named_parameters())[m] for m in n.split("+"))
+                ]
+            )
+            for n in names
+        }
+        opt.step()
+        for n in names:
+            want[n, step] = {
+                "angular_update": _angle64(w[n], _vec(model, n)),
+                "weight_norm": float(np.linalg.norm(w[n])),
+                "unit_grad_sq": float(g[n] @ g[n] * (w[n] @ w[n])),
+                "grad_cosine": float(w[n] @ g[n] / np.linalg.norm(w[n]) / np.linalg.norm(g[n])),
+                "h_tilde": float((g[n] @ g[n] + 1.8 * (buf[n] @ g[n])) * (w[n] @ w[n])),
+            }
+    mon.close()
+    h = mon.history()
+    assert sorted(zip(h["param"].tolist(), h["step"].tolist(), strict=True)) == sorted(want)
+    for i, (name, step) in enumerate(zip(h["param"], h["step"], strict=True)):
+        for key, value in want[name, int(step)].items():
+            assert h[key][i] == pytest.approx(value, rel=1e-5, abs=1e-9), (name, step, key)

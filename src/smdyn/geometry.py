@@ -58,7 +58,7 @@ _BLOCK = 1 << 15
 # over 10 SGDM-like steps (‖g‖ = 0.03‖w‖ ⟂ w, v with a radial part) against float64: blocks of 2**15 / 2**17
 # / 2**18 elements: 1.8e-7 / 3.6e-7 / 7.8e-7 at 2**16-2**20 elements (unblocked: 1.2e-6 at 2**20). Six sums
 # over 2**18 elements: 256 µs in 2**15 blocks, 164 µs in one block (1 thread, measured).
-_GRAM_BLOCK = 1 << 18
+GRAM_BLOCK = 1 << 18
 # Elements per float64 chunk in the two passes of :func:`angle`: bounded memory, cache-sized work.
 _ANGLE_CHUNK = 1 << 20
 _HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -210,8 +210,8 @@ def gram(tensors: list[Tensor]) -> Tensor:
 
     Order: the k squared norms, then ⟨x_i, x_j⟩ for i < j row by row (for (w, g, v): ‖w‖², ‖g‖², ‖v‖²,
     ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩). The reductions of :func:`dots`, with the per-call work cut to what a monitored
-    step can afford: each tensor is flattened and cut into blocks once, in blocks of ``_GRAM_BLOCK`` (2**18)
-    elements, sized for the known-update angle these sums feed (≤ 1e-6 relative, see ``_GRAM_BLOCK``)
+    step can afford: each tensor is flattened and cut into blocks once, in blocks of ``GRAM_BLOCK`` (2**18)
+    elements, sized for the known-update angle these sums feed (≤ 1e-6 relative, see ``GRAM_BLOCK``)
     rather than for ‖x‖² itself (≤ 2e-6 relative per block); nothing is promoted (the tensors must share
     one float32 or float64 dtype: half types go through :func:`dots`).
 
@@ -229,9 +229,9 @@ def gram(tensors: list[Tensor]) -> Tensor:
     k = len(tensors)
     pairs = [(i, i) for i in range(k)] + [(i, j) for i in range(k) for j in range(i + 1, k)]
     flat = [t.reshape(-1) for t in tensors]
-    if first.device.type != "cpu" or first.numel() <= _GRAM_BLOCK:
+    if first.device.type != "cpu" or first.numel() <= GRAM_BLOCK:
         return torch.stack([torch.dot(flat[i], flat[j]) for i, j in pairs]).to(torch.float64)
-    cut = [f.split(_GRAM_BLOCK) for f in flat]
+    cut = [f.split(GRAM_BLOCK) for f in flat]
     parts = [torch.dot(cut[i][b], cut[j][b]) for b in range(len(cut[0])) for i, j in pairs]
     return torch.stack(parts).view(-1, len(pairs)).to(torch.float64).sum(0)
 

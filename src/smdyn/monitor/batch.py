@@ -6,8 +6,10 @@ dtype and shape are stacked once ([K, rows, m]) and reduced together with ``torc
 elementwise product and a cascade sum, accurate to ~1e-6 relative in float32 even at 3·10⁵ elements, where
 BLAS ``sdot`` drifts to ~2e-5), so a recorded step dispatches a number of ops that grows with the number of
 groups, not of tensors. The stacked copy of the weights is also the snapshot the post-step hook compares
-against. Large tensors (> 2¹⁵ elements, where the op count does not matter), DTensor shards and tensors with
-mixed dtypes go through ``measure`` one at a time.
+against. Large tensors (> 2¹⁵ elements: stacking would copy megabytes), DTensor shards and tensors with
+mixed dtypes go through ``measure`` one at a time; the large ones of a known update take only their six
+dot products and a stack each, and their rows are cast and assembled once for all of them (11 ops a weight
+instead of 15; MLP 6×512 SGDM pre-step 1.9-2.2 → 1.7-1.9 ms, ResNet-20 1.39-1.46 → 1.10-1.15 ms a step).
 
 No value is read back to the host here; rows come out in blocks, each with the record rows it fills.
 """
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from smdyn import geometry
 from smdyn.monitor import measure
 from smdyn.monitor.measure import NRAW, I
 
 _HALF = (torch.float16, torch.bfloat16)
+_FULL = (torch.float32, torch.float64)
 _SNAP = slice(I["bb"], I["unmoved"] + 1)
 
 
@@ -102,28 +106,70 @@ def measure_step(
     """
     out = StepMeasurement(buffers=buffers)
     groups: dict[tuple, list[Item]] = {}
+    lean: dict[tuple, tuple[list[torch.Tensor], list[Item]]] = {}  # known-update singles, by dtype/device/v
+
+    def alone(it: Item) -> None:
+        w = measure.local(it.param.detach())
+        if not it.snapshot and _lean(it, w):
+            sums, members = lean.setdefault((w.dtype, w.device, it.v is not None), ([], []))
+            sums.append(_six_sums(w, it.g, it.v))
+            members.append(it)
+            return
+        block = out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
+        if it.snapshot:
+            out.singles.append((it, block, measure.snapshot(w, buffers, ("w", id(it.param)))))
+
     for it in items:
         if it.g is None:
             out._add(measure.nan_raw(it.param, it.per_channel), [it])
         elif _batchable(it):
             groups.setdefault(_key(it), []).append(it)
         else:
-            w = measure.local(it.param.detach())
-            block = out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
-            if it.snapshot:
-                out.singles.append((it, block, measure.snapshot(w, buffers, ("w", id(it.param)))))
+            alone(it)
     for members in groups.values():
         if len(members) == 1 and not members[0].snapshot:
-            it = members[0]
-            w = measure.local(it.param.detach())
-            out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
+            alone(members[0])
             continue
         rows = members[0].rows
         w_own = _stacked(buffers, "w", members)
         block = out._add(_gram_block(members, w_own, rows, inv_scale, skipped, buffers), members)
         if members[0].snapshot:
             out.groups.append(_Group(members, block, w_own))
+    for (_, _, has_v), (sums, members) in lean.items():
+        out._add(_lean_rows(torch.stack(sums), has_v, inv_scale, skipped), members)
     return out
+
+
+def _lean(it: Item, w: torch.Tensor) -> bool:
+    """Whether a whole tensor's known-update sums can be plain dot products, assembled with others': one
+    float32/float64 format for w, g and v, and (on the CPU, where long ``sdot`` sums drift) at most one
+    ``geometry`` Gram block of elements."""
+    if it.per_channel or w.dtype not in _FULL or w.dim() == 0 or it.g is None or it.g.dtype != w.dtype:
+        return False
+    if it.v is not None and it.v.dtype != w.dtype:
+        return False
+    return w.device.type != "cpu" or w.numel() <= geometry.GRAM_BLOCK
+
+
+def _six_sums(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
+    """[6] (or [3] without v) in w's dtype: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩ — six dot products and one
+    stack; the float64 cast, the zero columns and the row's tail are added once for all such tensors."""
+    x, y = w.reshape(-1), g.reshape(-1)
+    if v is None:
+        return torch.stack([x.dot(x), y.dot(y), x.dot(y)])
+    z = v.reshape(-1)
+    return torch.stack([x.dot(x), y.dot(y), z.dot(z), x.dot(y), x.dot(z), y.dot(z)])
+
+
+def _lean_rows(
+    sums: torch.Tensor, has_v: bool, inv_scale: torch.Tensor | None, skipped: torch.Tensor | None
+) -> torch.Tensor:
+    """[K, 6 or 3] sums of :func:`_six_sums` → [K, NRAW] rows (the v entries 0 where there is no buffer)."""
+    dots = sums.to(torch.float64)
+    if not has_v:
+        zero = torch.zeros_like(dots[:, :1])
+        dots = torch.cat([dots[:, :2], zero, dots[:, 2:], zero, zero], dim=1)
+    return measure.finish_row(dots, inv_scale, skipped)
 
 
 def _stacked(buffers: measure.Buffers | None, role: str, members: list[Item]) -> torch.Tensor:
