@@ -58,7 +58,8 @@ class StepMeasurement:
     blocks: list[torch.Tensor] = field(default_factory=list)
     index: list[np.ndarray] = field(default_factory=list)  # record rows of each block
     groups: list[_Group] = field(default_factory=list)  # batched groups that need a snapshot
-    singles: list[tuple[Item, int, torch.Tensor]] = field(default_factory=list)  # (item, block, w_t copy)
+    # (item, block, its first row there, w_t copy) of the tensors measured one at a time from a snapshot
+    singles: list[tuple[Item, int, int, torch.Tensor]] = field(default_factory=list)
     buffers: measure.Buffers | None = None
 
     def _add(self, block: torch.Tensor, items: list[Item]) -> int:
@@ -106,18 +107,21 @@ def measure_step(
     """
     out = StepMeasurement(buffers=buffers)
     groups: dict[tuple, list[Item]] = {}
-    lean: dict[tuple, tuple[list[torch.Tensor], list[Item]]] = {}  # known-update singles, by dtype/device/v
+    # whole tensors measured one at a time whose rows are assembled together, by dtype, device and buffer
+    lean: dict[tuple, tuple[list[torch.Tensor], list[Item], list[torch.Tensor | None]]] = {}
 
     def alone(it: Item) -> None:
         w = measure.local(it.param.detach())
-        if not it.snapshot and _lean(it, w):
-            sums, members = lean.setdefault((w.dtype, w.device, it.v is not None), ([], []))
+        before = measure.snapshot(w, buffers, ("w", id(it.param))) if it.snapshot else None
+        if _lean(it, w):
+            sums, members, copies = lean.setdefault((w.dtype, w.device, it.v is not None), ([], [], []))
             sums.append(_six_sums(w, it.g, it.v))
             members.append(it)
+            copies.append(before)
             return
         block = out._add(measure.gram(w, it.g, it.v, it.per_channel, inv_scale, skipped), [it])
-        if it.snapshot:
-            out.singles.append((it, block, measure.snapshot(w, buffers, ("w", id(it.param)))))
+        if before is not None:
+            out.singles.append((it, block, 0, before))
 
     for it in items:
         if it.g is None:
@@ -135,8 +139,11 @@ def measure_step(
         block = out._add(_gram_block(members, w_own, rows, inv_scale, skipped, buffers), members)
         if members[0].snapshot:
             out.groups.append(_Group(members, block, w_own))
-    for (_, _, has_v), (sums, members) in lean.items():
-        out._add(_lean_rows(torch.stack(sums), has_v, inv_scale, skipped), members)
+    for (_, _, has_v), (sums, members, copies) in lean.items():
+        block = out._add(_lean_rows(torch.stack(sums), has_v, inv_scale, skipped), members)
+        out.singles += [
+            (it, block, r, b) for r, (it, b) in enumerate(zip(members, copies, strict=True)) if b is not None
+        ]
     return out
 
 
@@ -216,9 +223,10 @@ def _gram_block(
 
 def measure_after(m: StepMeasurement) -> None:
     """Fill the snapshot columns of every block whose step is measured from w_t and w_{t+1}."""
-    for it, block, before in m.singles:
+    for it, block, row, before in m.singles:
         after = measure.local(it.param.detach())
-        measure.fill_update(m.blocks[block], before, after, it.per_channel, measure.is_sharded(it.param))
+        raw = m.blocks[block][row : row + it.rows]  # a view: filled in place
+        measure.fill_update(raw, before, after, it.per_channel, measure.is_sharded(it.param))
     for grp in m.groups:
         _fill_group(m.blocks[grp.block], grp, m.buffers)
     m.singles, m.groups = [], []  # the copies are spent: a pending record keeps only its rows
