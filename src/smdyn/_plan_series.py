@@ -103,12 +103,20 @@ def early_excess(delta_ratio: Array, tol: float = EARLY_TOL) -> dict[str, float]
 
 
 def at_step(runs: dict[str, dict[str, Array]], lr: Array, t: int) -> list[dict[str, Any]]:
-    """One row per control at step t: the readings, and how ‖g‖/‖w‖ and its steady state moved since the
-    step of the largest lr (the end of a warm-up: before it both fall as the lr rises)."""
+    """One row per control at step t: the readings, how the steady state of ‖g‖/‖w‖ moved since the step
+    of the largest lr (the end of a warm-up: before it the steady state falls as the lr rises), and how far
+    ‖g‖/‖w‖ itself has risen from its lowest value between that step and t.
+
+    The rise is taken from the lowest value, not from the value at the peak lr, because at the end of a
+    warm-up a fresh run's norm is still far from equilibrium: the value there is set by the initial norm,
+    the lowest one after it by the schedule (the reading Defazio et al. 2025 make, and the one
+    ``smdyn reproduce schedules`` measures)."""
     peak = int(np.argmax(lr))
     rows = []
     for name, run in runs.items():
         steady = run["steady_grad_weight_ratio"]
+        ratio = run["grad_weight_ratio"]
+        low = peak + int(np.argmin(ratio[peak : t + 1])) if t >= peak else t
         rows.append(
             {
                 "step": t,
@@ -118,7 +126,8 @@ def at_step(runs: dict[str, dict[str, Array]], lr: Array, t: int) -> list[dict[s
                 "norm_ratio": float(run["norm_ratio"][t]),
                 "grad_ratio": float(run["grad_ratio"][t]),
                 "steady_rise": float(steady[t] / steady[peak]),
-                "grad_rise": float(run["grad_weight_ratio"][t] / run["grad_weight_ratio"][peak]),
+                "grad_rise": float(ratio[t] / ratio[low]),
+                "grad_low_step": low,
                 "lag": float(run["lag"][t]),
             }
         )

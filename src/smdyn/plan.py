@@ -172,7 +172,8 @@ class PlanResult:
 
         Keys: ``percent``, ``step``, ``lr``, ``control``, ``delta_ratio`` Δ/Δ*, ``norm_ratio`` ‖w‖/w*,
         ``grad_ratio`` ‖g‖/‖w‖ over its steady state, ``steady_rise`` (the steady state over its value at
-        the step of the largest lr), ``grad_rise`` (‖g‖/‖w‖ over its value there) and ``lag``.
+        the step of the largest lr), ``grad_rise`` (‖g‖/‖w‖ over its lowest value from that step on, at
+        ``grad_low_step``: a reading that does not depend on the initial norm) and ``lag``.
         """
         n, rows = len(self.lr), []
         for p in percents:
@@ -193,8 +194,14 @@ class PlanResult:
             )
             lines.append(
                 f"  {name:>15}: Δ/Δ* = {r['delta_ratio']:.3f}; ‖g‖/‖w‖ = {r['grad_ratio']:.3f}× its steady "
-                f"state, which is {r['steady_rise']:.3f}× its value at the peak lr (so ‖g‖/‖w‖ is "
-                f"{r['grad_rise']:.3f}× its value there){lag}"
+                f"state, which is {r['steady_rise']:.3f}× its value at the peak lr; ‖g‖/‖w‖ has risen "
+                f"{r['grad_rise']:.3f}× from its lowest value after the peak (step {r['grad_low_step']}){lag}"
+            )
+        peak = int(np.argmax(self.lr))
+        if self.settings.get("w0") is None and peak > 0 and self.lr[0] < self.lr[peak]:
+            lines.append(
+                f"  (the plan starts at the equilibrium of the first step's lr, {self.lr[0]:.4g}, below the "
+                f"peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
             )
         return "\n".join(lines)
 
