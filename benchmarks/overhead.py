@@ -15,10 +15,20 @@ Cases (``--case``):
   tiny_blocks  500 × (Conv2d(8, 8, 3, padding=1) → BatchNorm2d(8)) on a 1×8×8×8 input, SGD-momentum
   resnet20     CIFAR ResNet-20, batch 64, 32×32 inputs, SGD-momentum
 
-Reported per case: the median step time of each variant (over rounds), the min–max spread, and the overhead
-(median ratio to bare − 1). ``--device cuda`` runs the same on a GPU.
+Reported per case: the median step time of each variant (over rounds), the min–max spread, the overhead
+(median ratio to bare − 1) and the median minor page faults a step. ``--device cuda`` runs the same on a GPU.
+
+The allocator. glibc serves a CPU tensor of a megabyte or more from ``mmap`` until such a block has been
+freed, then from its heap, and hands heap memory back to the system when enough is free at its top. Which
+of these a training step meets depends on the allocations before it, not on the variant: AdamW on the MLP
+took 2 064 page faults a step (its megabyte temporaries, ~3-4 ms of a 12 ms step) in one state and 0 in
+another, so the same code measured +31% one run and +71% the next, and "every 10th step" seemed to cost
++39%. ``--allocator steady`` (the default) fixes the state before timing with ``mallopt``: blocks up to
+32 MiB come from the heap and the heap is not trimmed, so no variant pays page faults the others do not
+(the faults column shows it). ``--allocator default`` leaves glibc as it is.
 
 Usage: python benchmarks/overhead.py [--case ...] [--steps 20] [--rounds 5] [--threads 1] [--clock wall|cpu]
+    [--allocator steady|default]
 (``--clock cpu``: process CPU time, for a machine shared with other work.)
 """
 
@@ -26,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -103,19 +115,34 @@ def _case(name: str, device: str) -> tuple[nn.Module, torch.optim.Optimizer, Cal
 
 def _time_steps(
     opt: torch.optim.Optimizer, loss: Callable[[], torch.Tensor], steps: int, device: str
-) -> float:
+) -> tuple[float, float]:
+    """(time, minor page faults) per step."""
+
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
     sync()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = _CLOCK[0]()
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         loss().backward()
         opt.step()
     sync()
-    return (_CLOCK[0]() - t0) / steps
+    elapsed = _CLOCK[0]() - t0
+    return elapsed / steps, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps
+
+
+def steady_allocator() -> bool:
+    """glibc: serve blocks up to 32 MiB from the heap and never trim it (module docstring). False where
+    there is no glibc ``mallopt``."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 # perf_counter (wall) by default; ``--clock cpu`` counts this process's CPU time only, which is what to
@@ -126,13 +153,17 @@ _CLOCK: list[Callable[[], float]] = [time.perf_counter]
 _VARIANTS = ("bare", "smdyn", "every10", "naive", "req")
 
 
-def bench(name: str, steps: int, rounds: int, device: str) -> dict[str, list[float]]:
+def bench(
+    name: str, steps: int, rounds: int, device: str
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Step times and page faults per variant, one entry per round."""
     model, opt, loss = _case(name, device)
     probe = SphericalMonitor(model, opt, keep_history=False)
     monitored = [t for u in probe.units for t in u.tensors]
     probe.close()
     _time_steps(opt, loss, 3, device)  # warm-up: buffers, allocator, kernels
     times: dict[str, list[float]] = {v: [] for v in _VARIANTS}
+    faults: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     for r in range(rounds):
         for variant in _VARIANTS[r % 5 :] + _VARIANTS[: r % 5]:
             attached: object = None
@@ -143,10 +174,12 @@ def bench(name: str, steps: int, rounds: int, device: str) -> dict[str, list[flo
                 attached = NaiveMonitor(monitored, opt)
             elif variant == "req":
                 attached = ReqStyleLogger(model, opt)
-            times[variant].append(_time_steps(opt, loss, steps, device))
+            seconds, per_step = _time_steps(opt, loss, steps, device)
+            times[variant].append(seconds)
+            faults[variant].append(per_step)
             if attached is not None:
                 attached.close()
-    return times
+    return times, faults
 
 
 def main() -> None:
@@ -159,13 +192,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--allocator", choices=("steady", "default"), default="steady")
     args = parser.parse_args()
     if args.clock == "cpu":
         _CLOCK[0] = time.process_time
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}")
+    steady = args.allocator == "steady" and steady_allocator()
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, allocator "
+        f"{'steady (mallopt)' if steady else 'as glibc leaves it'}"
+    )
     for name in args.case:
-        times = bench(name, args.steps, args.rounds, args.device)
+        times, faults = bench(name, args.steps, args.rounds, args.device)
         base = statistics.median(times["bare"])
         print(
             f"\n{name}: bare {base * 1e3:.2f} ms/step (median of {args.rounds} rounds × {args.steps} steps)"
@@ -174,7 +212,8 @@ def main() -> None:
             med = statistics.median(ts)
             print(
                 f"  {variant:<8} {med * 1e3:9.2f} ms/step  [{min(ts) * 1e3:.2f}–{max(ts) * 1e3:.2f}]  "
-                f"overhead {100 * (med / base - 1):+6.1f}%"
+                f"overhead {100 * (med / base - 1):+6.1f}%  "
+                f"faults/step {statistics.median(faults[variant]):7.1f}"
             )
 
 
