@@ -314,6 +314,26 @@ def test_device_path_equals_host_path() -> None:
         assert torch.equal(host, device)
 
 
+@pytest.mark.parametrize("n", [1_000, 100_000])  # one block, and the blocked CPU sums
+def test_update_sums_host_equals_the_tensor_form(n: int) -> None:
+    """geometry.update_sums_host (the monitor's CPU path for large tensors) gives update_sums' numbers to the
+    last bit: tangential, slightly and mostly radial, shrinking, pure radial, a zero weight, a NaN step and
+    bfloat16 inputs."""
+    cases = [_tangential_step(n, 1e-5, seed=60), _tangential_step(n, 0.3, seed=61)]
+    cases += [_radial_step(n, k, 1e-3, seed=62) for k in (0.3, -0.9, 2.0)]
+    after, _ = _tangential_step(n, 1e-3, seed=63)
+    cases += [(after, 0.25 * after), (torch.zeros(n), after), (after, torch.full((n,), math.nan))]
+    cases += [(a.bfloat16(), d.bfloat16()) for a, d in cases[:2]]
+    for a, d in cases:
+        want = update_sums(a, d).tolist()
+        got = geometry.update_sums_host(a, d)
+        assert len(got) == 4
+        for x, y in zip(got, want, strict=True):
+            assert (math.isnan(x) and math.isnan(y)) or x == y, (got, want)
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        geometry.update_sums_host(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
+
+
 def test_no_host_reads_off_cpu() -> None:
     """On a device other than CPU nothing is read back: meta tensors have no values to read."""
     after = torch.empty(8, 3, 3, 3, device="meta")

@@ -163,6 +163,9 @@ def fill_update(
     if not (per_channel or sharded) and after.numel() <= FAST_MAX:
         _fill_small(raw, before, after, work)
         return
+    if not (per_channel or sharded) and after.device.type == "cpu":
+        _fill_large_cpu(raw, before, after, work)
+        return
     b = after.to(work)
     d = _difference(before, b)
     sums = geometry.update_sums(b, d, per_channel=per_channel)
@@ -171,6 +174,16 @@ def fill_update(
     unmoved = count_unmoved(d.reshape(before.shape[0] if per_channel else 1, -1)).to(torch.float64)
     nan = torch.full_like(unmoved[:, None], math.nan).expand(-1, 2)
     raw[:, _SNAP] = torch.cat([sums.reshape(-1, 4), nan, unmoved[:, None]], dim=1)
+
+
+def _fill_large_cpu(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
+    """One whole CPU tensor above ``FAST_MAX``: ``geometry.update_sums_host`` and the unmoved count, written
+    into the row with one copy."""
+    b = after.reshape(-1).to(work)
+    d = _difference(before.reshape(-1), b)
+    sums = geometry.update_sums_host(b, d)
+    unmoved = float(count_unmoved(d.reshape(1, -1))[0])  # consumes d
+    raw[0, _SNAP] = torch.tensor([*sums, math.nan, math.nan, unmoved], dtype=torch.float64)
 
 
 def _difference(before: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
