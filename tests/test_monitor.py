@@ -47,6 +47,19 @@ def _vec(model: nn.Module, name: str, grads: bool = False) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _momentum_vec(model: nn.Module, opt: torch.optim.Optimizer, name: str) -> np.ndarray:
+    """The momentum buffers of ``name``'s tensors before the step, float64, zeros where there is none yet."""
+    named = dict(model.named_parameters())
+    return np.concatenate(
+        [
+            opt.state[p]["momentum_buffer"].double().flatten().numpy()
+            if "momentum_buffer" in opt.state.get(p, {})
+            else np.zeros(p.numel())
+            for p in (named[m] for m in name.split("+"))
+        ]
+    )
+
+
 def _angle64(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
     return 2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b))
@@ -91,17 +104,7 @@ def test_records_match_brute_force_float64(kind: str) -> None:
         loss_fn(model(x), y).backward()
         before = {n: _vec(model, n) for n in _PARAMS}
         grads = {n: _vec(model, n, grads=True) for n in _PARAMS}
-        bufs = {
-            n: np.concatenate(
-                [
-                    opt.state[p]["momentum_buffer"].double().flatten().numpy()
-                    if "momentum_buffer" in opt.state.get(p, {})
-                    else np.zeros(p.numel())
-                    for p in (dict(model.named_parameters())[m] for m in n.split("+"))
-                ]
-            )
-            for n in _PARAMS
-        }
+        bufs = {n: _momentum_vec(model, opt, n) for n in _PARAMS}
         lrs = {n: opt.param_groups[i]["lr"] for i, n in enumerate(_PARAMS)}
         opt.step()
         sched.step()
@@ -480,17 +483,7 @@ def test_large_tensors_measured_one_at_a_time_match_float64(kind: str) -> None:
         loss.backward()
         w = {n: _vec(model, n) for n in names}
         g = {n: _vec(model, n, grads=True) for n in names}
-        buf = {
-            n: np.concatenate(
-                [
-                    opt.state[p]["momentum_buffer"].double().flatten().numpy()
-                    if "momentum_buffer" in opt.state.get(p, {})
-                    else np.zeros(p.numel())
-                    for p in (dict(model.named_parameters())[m] for m in n.split("+"))
-                ]
-            )
-            for n in names
-        }
+        buf = {n: _momentum_vec(model, opt, n) for n in names}
         opt.step()
         for n in names:
             want[n, step] = {
