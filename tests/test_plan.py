@@ -699,3 +699,5 @@ def test_the_rise_of_grad_over_weight_is_read_from_its_lowest_point_after_the_pe
     assert rises[2.0] == pytest.approx(rises[40.0], rel=1e-12)
     assert rises[2.0] == pytest.approx(1 / 0.02, rel=1e-3)  # AdamW: steady ‖g‖/‖w‖ ∝ 1/η (to ηλ terms)
     assert "give w0" in plan(sched, **kw).summary()
+    assert "through the warm-up" not in plan(sched, **kw).summary()
+    assert "through the warm-up" in plan(sched, **{**kw, "control": ["none", "rescale"]}).summary()

@@ -198,11 +198,17 @@ class PlanResult:
                 f"{r['grad_rise']:.3f}× from its lowest value after the peak (step {r['grad_low_step']}){lag}"
             )
         peak = int(np.argmax(self.lr))
-        if self.settings.get("w0") is None and peak > 0 and self.lr[0] < self.lr[peak]:
-            lines.append(
-                f"  (the plan starts at the equilibrium of the first step's lr, {self.lr[0]:.4g}, below the "
-                f"peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
-            )
+        if peak > 0 and self.lr[0] < self.lr[peak]:
+            if self.settings.get("w0") is None:
+                lines.append(
+                    f"  (the plan starts at the equilibrium of the first step's lr, {self.lr[0]:.4g}, below "
+                    f"the peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
+                )
+            if "rescaled" in self.runs:
+                lines.append(
+                    "  (the rescaled run rescales through the warm-up too, as a Rescaler attached at step 0 "
+                    "would; attached after the warm-up it acts on the decay alone)"
+                )
         return "\n".join(lines)
 
     def to_string(self) -> str:
