@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -206,7 +206,7 @@ def dots(pairs: list[tuple[Tensor, Tensor]], *, per_channel: bool = False) -> Te
     return _finish(torch.stack(_rowdots(*rows), dim=-1), per_channel)
 
 
-def gram(tensors: list[Tensor]) -> Tensor:
+def gram(tensors: list[Tensor], *, cast: bool = True) -> Tensor:
     """Every inner product of a few same-shaped tensors over all their elements, float64 ``[k(k+1)/2]``.
 
     Order: the k squared norms, then ⟨x_i, x_j⟩ for i < j row by row (for (w, g, v): ‖w‖², ‖g‖², ‖v‖²,
@@ -214,7 +214,9 @@ def gram(tensors: list[Tensor]) -> Tensor:
     step can afford: each tensor is flattened and cut into blocks once, in blocks of ``GRAM_BLOCK`` (2**18)
     elements, sized for the known-update angle these sums feed (≤ 1e-6 relative, see ``GRAM_BLOCK``)
     rather than for ‖x‖² itself (≤ 2e-6 relative per block); nothing is promoted (the tensors must share
-    one float32 or float64 dtype: half types go through :func:`dots`).
+    one float32 or float64 dtype: half types go through :func:`dots`). ``cast=False`` leaves sums taken in
+    one block in the tensors' dtype, for a caller that casts many tensors' sums at once (blocked sums are
+    added in float64 either way).
 
     Raises:
         ValueError: No tensors, or shapes, dtypes or devices that differ, or a dtype other than float32/64.
@@ -231,7 +233,8 @@ def gram(tensors: list[Tensor]) -> Tensor:
     pairs = [(i, i) for i in range(k)] + [(i, j) for i in range(k) for j in range(i + 1, k)]
     flat = [t.reshape(-1) for t in tensors]
     if first.device.type != "cpu" or first.numel() <= GRAM_BLOCK:
-        return torch.stack([torch.dot(flat[i], flat[j]) for i, j in pairs]).to(torch.float64)
+        sums = torch.stack([torch.dot(flat[i], flat[j]) for i, j in pairs])
+        return sums.to(torch.float64) if cast else sums
     cut = [f.split(GRAM_BLOCK) for f in flat]
     parts = [torch.dot(cut[i][b], cut[j][b]) for b in range(len(cut[0])) for i, j in pairs]
     return torch.stack(parts).view(-1, len(pairs)).to(torch.float64).sum(0)
@@ -375,8 +378,7 @@ def _update_sums(after: Tensor, update: Tensor, *, per_channel: bool, host_branc
     d = _rows("update", update, per_channel, dtype)
     bb, db, dd = _rowdots((b, b), (d, b), (d, d))
     perp = dd - db * db / bb
-    # |⟨d, b̂⟩| > ½‖d‖  ⇔  ⟨d, b⟩² > ¼‖d‖²‖b‖²: the one-pass difference above has cancelled.
-    radial = db * db > 0.25 * dd * bb
+    radial = _is_radial(db, dd, bb)
     if not host_branch or bool(radial.any()):  # host_branch: a CPU tensor, so no device to wait for
         db_p, dd_p, perp_p = _projected(d, b, db, bb)
         db = torch.where(radial, db_p, db)
@@ -409,13 +411,17 @@ def update_sums_host(after: Tensor, update: Tensor) -> list[float]:
     if bb <= 0.0 or math.isnan(bb):
         return [bb, db, dd, math.nan]
     perp = dd - db * db / bb
-    if db * db > 0.25 * dd * bb:  # mostly radial: re-derive from the projected step, as _projected does
+    if _is_radial(db, dd, bb):
         c_low = torch.tensor([db / bb], dtype=torch.float64).to(d.dtype)
-        p = torch.addcmul(d, b, c_low.unsqueeze(1), value=-1.0)
-        pb, pp = torch.cat(_rowdots((p, b), (p, p))).tolist()
-        c = float(c_low[0])
-        db, dd, perp = c * bb + pb, c * c * bb + 2.0 * c * pb + pp, pp - pb * pb / bb
+        pb, pp = torch.cat(_projected_sums(d, b, c_low)).tolist()
+        db, dd, perp = _from_projection(float(c_low[0]), bb, pb, pp)
     return [bb, db, dd, 0.0 if perp < 0.0 else perp]  # a NaN stays NaN
+
+
+def _is_radial(db: Any, dd: Any, bb: Any) -> Any:
+    """|⟨d, b̂⟩| > ½‖d‖ ⇔ ⟨d, b⟩² > ¼‖d‖²‖b‖²: the step is mostly radial and the one-pass ‖d‖² − ⟨d,b⟩²/‖b‖²
+    has cancelled (tensors or floats)."""
+    return db * db > 0.25 * dd * bb
 
 
 def _projected(d: Tensor, b: Tensor, db: Tensor, bb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -429,9 +435,18 @@ def _projected(d: Tensor, b: Tensor, db: Tensor, bb: Tensor) -> tuple[Tensor, Te
     likewise. No host read.
     """
     c_low = (db / bb).to(d.dtype)
+    pb, pp = _projected_sums(d, b, c_low)
+    return _from_projection(c_low.to(torch.float64), bb, pb, pp)
+
+
+def _projected_sums(d: Tensor, b: Tensor, c_low: Tensor) -> list[Tensor]:
+    """⟨p,b⟩ and ‖p‖² per row of p = d − c·b, formed in d's precision (``c_low``: [rows], d's dtype)."""
     p = torch.addcmul(d, b, c_low.unsqueeze(1), value=-1.0)
-    c = c_low.to(torch.float64)
-    pb, pp = _rowdots((p, b), (p, p))
+    return _rowdots((p, b), (p, p))
+
+
+def _from_projection(c: Any, bb: Any, pb: Any, pp: Any) -> tuple[Any, Any, Any]:
+    """⟨d,b⟩, ‖d‖², ‖d⊥‖² of d = c·b + p from ‖b‖², ⟨p,b⟩, ‖p‖² (:func:`_projected`; tensors or floats)."""
     return c * bb + pb, c * c * bb + 2.0 * c * pb + pp, pp - pb * pb / bb
 
 

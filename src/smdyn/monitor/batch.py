@@ -115,7 +115,7 @@ def measure_step(
         before = measure.snapshot(w, buffers, ("w", id(it.param))) if it.snapshot else None
         if _lean(it, w):
             sums, members, copies = lean.setdefault((w.dtype, w.device, it.v is not None), ([], [], []))
-            sums.append(_six_sums(w, it.g, it.v))
+            sums.append(geometry.gram([w, it.g] if it.v is None else [w, it.g, it.v], cast=False))
             members.append(it)
             copies.append(before)
             return
@@ -158,25 +158,12 @@ def _lean(it: Item, w: torch.Tensor) -> bool:
     return w.device.type != "cpu" or w.numel() <= geometry.GRAM_BLOCK
 
 
-def _six_sums(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
-    """[6] (or [3] without v) in w's dtype: ‖w‖², ‖g‖², ‖v‖², ⟨w,g⟩, ⟨w,v⟩, ⟨g,v⟩ — six dot products and one
-    stack; the float64 cast, the zero columns and the row's tail are added once for all such tensors."""
-    x, y = w.reshape(-1), g.reshape(-1)
-    if v is None:
-        return torch.stack([x.dot(x), y.dot(y), x.dot(y)])
-    z = v.reshape(-1)
-    return torch.stack([x.dot(x), y.dot(y), z.dot(z), x.dot(y), x.dot(z), y.dot(z)])
-
-
 def _lean_rows(
     sums: torch.Tensor, has_v: bool, inv_scale: torch.Tensor | None, skipped: torch.Tensor | None
 ) -> torch.Tensor:
-    """[K, 6 or 3] sums of :func:`_six_sums` → [K, NRAW] rows (the v entries 0 where there is no buffer)."""
+    """[K, 6 or 3] sums of ``geometry.gram`` (uncast) → [K, NRAW] rows (the v entries 0 without a buffer)."""
     dots = sums.to(torch.float64)
-    if not has_v:
-        zero = torch.zeros_like(dots[:, :1])
-        dots = torch.cat([dots[:, :2], zero, dots[:, 2:], zero, zero], dim=1)
-    return measure.finish_row(dots, inv_scale, skipped)
+    return measure.finish_row(dots if has_v else measure.without_buffer(dots), inv_scale, skipped)
 
 
 def _stacked(buffers: measure.Buffers | None, role: str, members: list[Item]) -> torch.Tensor:

@@ -70,17 +70,18 @@ def _six_dots(w: torch.Tensor, g: torch.Tensor, v: torch.Tensor | None, per_chan
     same = g.dtype == w.dtype and (v is None or v.dtype == w.dtype)
     if not per_channel and same and w.dtype in (torch.float32, torch.float64):
         if v is None:
-            ww, gg, wg = geometry.gram([w, g]).unbind(0)
-            zero = torch.zeros_like(ww)
-            return torch.stack([ww, gg, zero, wg, zero, zero]).reshape(1, 6)
+            return without_buffer(geometry.gram([w, g]).reshape(1, 3))
         return geometry.gram([w, g, v]).reshape(1, 6)
     if v is None:  # no momentum buffer (yet): its entries are 0
-        ww_gg_wg = geometry.dots([(w, w), (g, g), (w, g)], per_channel=per_channel).reshape(-1, 3)
-        zero = torch.zeros_like(ww_gg_wg[:, :1])
-        ww, gg, wg = ww_gg_wg.unbind(1)
-        return torch.stack([ww, gg, zero[:, 0], wg, zero[:, 0], zero[:, 0]], dim=-1)
+        return without_buffer(geometry.dots([(w, w), (g, g), (w, g)], per_channel=per_channel).reshape(-1, 3))
     pairs = [(w, w), (g, g), (v, v), (w, g), (w, v), (g, v)]
     return geometry.dots(pairs, per_channel=per_channel).reshape(-1, 6)
+
+
+def without_buffer(dots: torch.Tensor) -> torch.Tensor:
+    """[rows, 3] (‖w‖², ‖g‖², ⟨w,g⟩) → [rows, 6] in :func:`_six_dots`' order, the buffer's entries 0."""
+    zero = torch.zeros_like(dots[:, :1])
+    return torch.cat([dots[:, :2], zero, dots[:, 2:], zero, zero], dim=1)
 
 
 def gram(
@@ -160,12 +161,13 @@ def fill_update(
     holds exactly, so the step measured is the one the rounding really applied. ``before`` is overwritten.
     """
     work = torch.promote_types(after.dtype, torch.float32)
-    if not (per_channel or sharded) and after.numel() <= FAST_MAX:
-        _fill_small(raw, before, after, work)
-        return
-    if not (per_channel or sharded) and after.device.type == "cpu":
-        _fill_large_cpu(raw, before, after, work)
-        return
+    if not (per_channel or sharded):
+        if after.numel() <= FAST_MAX:
+            _fill_small(raw, before, after, work)
+            return
+        if after.device.type == "cpu":
+            _fill_large_cpu(raw, before, after, work)
+            return
     b = after.to(work)
     d = _difference(before, b)
     sums = geometry.update_sums(b, d, per_channel=per_channel)
