@@ -16,28 +16,33 @@ def bench(load_benchmark):
 
 
 _PROBE = """
-import resource, sys, torch
+import resource, statistics, sys, torch
 sys.path.insert(0, sys.argv[1])
 import overhead
 if not overhead.steady_allocator():
     print("skip")
     raise SystemExit
+torch.set_num_threads(1)
 x = torch.randn(512, 512)
 for _ in range(3):  # the heap grows to its size once
     y, z = x * 2.0, x + 1.0
     del y, z
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+faults = []
+for _ in range(21):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     y, z = x * 2.0, x + 1.0
     del y, z
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(statistics.median(faults))
 """
 
 
 def test_steady_allocator_stops_megabyte_temporaries_from_faulting_every_step() -> None:
     """Two megabyte temporaries made and freed per iteration, as an optimizer step does: once the allocator
     is steady they reuse heap pages (glibc left alone trimmed them and faulted ~500 pages an iteration).
-    In a child process: mallopt changes the allocator for the rest of the process's life."""
+    In a child process: mallopt changes the allocator for the rest of the process's life. The median
+    iteration: a rare one-off fault burst elsewhere in the process (seen once in five runs) is not the
+    allocator's doing."""
     benchmarks = Path(__file__).parents[1] / "benchmarks"
     out = subprocess.run(
         [sys.executable, "-c", _PROBE, str(benchmarks)],
