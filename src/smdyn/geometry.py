@@ -121,8 +121,8 @@ def _finish(rows: Tensor, per_channel: bool) -> Tensor:
 # Reductions
 
 
-def _rowdots(*pairs: tuple[Tensor, Tensor]) -> list[Tensor]:
-    """Row-wise ⟨x_r, y_r⟩ for each pair of [R, K] tensors (all of one shape and dtype), float64 [R] each.
+def _rowdot_matrix(*pairs: tuple[Tensor, Tensor]) -> Tensor:
+    """Row-wise ⟨x_r, y_r⟩ for each pair of [R, K] tensors (all of one shape and dtype), float64 [R, P].
 
     One row (the whole tensor): ``torch.dot``; on CPU in blocks of ``_BLOCK`` elements whose float32 sums
     are added in float64 (see the module docstring for why), all pairs in one sweep so each block is read
@@ -130,9 +130,9 @@ def _rowdots(*pairs: tuple[Tensor, Tensor]) -> list[Tensor]:
     """
     x0 = pairs[0][0]
     if x0.shape[0] != 1:
-        return [torch.linalg.vecdot(x, y, dim=1).to(torch.float64) for x, y in pairs]
+        return torch.stack([torch.linalg.vecdot(x, y, dim=1) for x, y in pairs], dim=1).to(torch.float64)
     if x0.device.type != "cpu" or x0.shape[1] <= _BLOCK:
-        return [torch.dot(x[0], y[0]).to(torch.float64).reshape(1) for x, y in pairs]
+        return torch.stack([torch.dot(x[0], y[0]) for x, y in pairs]).to(torch.float64).view(1, -1)
     split: dict[int, tuple[Tensor, ...]] = {}  # each distinct tensor is cut into blocks once
 
     def blocks_of(x: Tensor) -> tuple[Tensor, ...]:
@@ -142,7 +142,13 @@ def _rowdots(*pairs: tuple[Tensor, Tensor]) -> list[Tensor]:
 
     blocks = [(blocks_of(x), blocks_of(y)) for x, y in pairs]
     parts = [torch.dot(xs[i], ys[i]) for i in range(len(blocks[0][0])) for xs, ys in blocks]
-    return list(torch.stack(parts).view(-1, len(pairs)).to(torch.float64).sum(0).view(-1, 1).unbind(0))
+    # the block sums are cast to float64 as they are added (one op)
+    return torch.stack(parts).view(-1, len(pairs)).sum(0, dtype=torch.float64).view(1, -1)
+
+
+def _rowdots(*pairs: tuple[Tensor, Tensor]) -> list[Tensor]:
+    """:func:`_rowdot_matrix` as one float64 [R] tensor per pair."""
+    return list(_rowdot_matrix(*pairs).unbind(1))
 
 
 def _rowdot(x: Tensor, y: Tensor) -> Tensor:
@@ -203,7 +209,7 @@ def dots(pairs: list[tuple[Tensor, Tensor]], *, per_channel: bool = False) -> Te
         return viewed[id(t)]
 
     rows = [(rows_of("a", a), rows_of("b", b)) for a, b in checked]
-    return _finish(torch.stack(_rowdots(*rows), dim=-1), per_channel)
+    return _finish(_rowdot_matrix(*rows), per_channel)
 
 
 def gram(tensors: list[Tensor], *, cast: bool = True) -> Tensor:
@@ -407,7 +413,7 @@ def update_sums_host(after: Tensor, update: Tensor) -> list[float]:
     dtype = torch.promote_types(_work_dtype(after), _work_dtype(update))
     b = _rows("after", after, False, dtype)
     d = _rows("update", update, False, dtype)
-    bb, db, dd = torch.cat(_rowdots((b, b), (d, b), (d, d))).tolist()
+    bb, db, dd = _rowdot_matrix((b, b), (d, b), (d, d))[0].tolist()
     if bb <= 0.0 or math.isnan(bb):
         return [bb, db, dd, math.nan]
     perp = dd - db * db / bb
