@@ -494,3 +494,39 @@ def test_gram_blocks_keep_the_known_update_angle_within_1e_minus_6(n: int) -> No
         a, b = w64 / np.linalg.norm(w64), after / np.linalg.norm(after)
         want = 2 * math.atan2(np.linalg.norm(a - b), np.linalg.norm(a + b))
         assert got == pytest.approx(want, rel=1e-6), (n, trial)
+
+
+@pytest.mark.parametrize("n", [1000, 3 * 2**15 + 17, 2**18])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_sums_host_forms_the_step_it_sums(n: int, dtype: torch.dtype) -> None:
+    """geometry.step_sums_host (the step formed block by block as it is summed) gives the numbers of forming
+    d = w_t − w_{t+1} first and summing it with update_sums_host, to the last bit, and leaves d in w_t's
+    place; checked against float64 sums too (tangential, radial and shrinking steps)."""
+    cases = [_tangential_step(n, 1e-5, seed=70), _tangential_step(n, 0.3, seed=71)]
+    cases += [_radial_step(n, k, 1e-3, seed=72) for k in (0.3, -0.9)]
+    for after, update in cases:
+        after = after.to(dtype)
+        before = (after + update.to(dtype)).contiguous()
+        d = before - after
+        want = geometry.update_sums_host(after, d)
+        work = before.clone()
+        got = geometry.step_sums_host(work, after)
+        assert got == want
+        assert torch.equal(work, d)
+        a64, d64 = after.double(), d.double()
+        bb, db, dd = float(a64 @ a64), float(d64 @ a64), float(d64 @ d64)
+        assert got[0] == pytest.approx(bb, rel=2e-6)
+        assert got[2] == pytest.approx(dd, rel=2e-6)
+        assert got[3] == pytest.approx(dd - db * db / bb, rel=1e-5, abs=1e-6 * dd)
+
+
+def test_step_sums_host_refuses_what_it_cannot_overwrite() -> None:
+    w = torch.randn(64, 64)
+    with pytest.raises(ValueError, match="contiguous"):
+        geometry.step_sums_host(w.t(), w)
+    with pytest.raises(ValueError, match="dtype"):
+        geometry.step_sums_host(w.bfloat16(), w.bfloat16())
+    with pytest.raises(ValueError, match="dtype"):
+        geometry.step_sums_host(w.double(), w)
+    with pytest.raises(ValueError, match="CPU tensors only"):
+        geometry.step_sums_host(torch.empty(3, device="meta"), torch.empty(3, device="meta"))

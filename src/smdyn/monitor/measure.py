@@ -179,11 +179,16 @@ def fill_update(
 
 
 def _fill_large_cpu(raw: torch.Tensor, before: torch.Tensor, after: torch.Tensor, work: torch.dtype) -> None:
-    """One whole CPU tensor above ``FAST_MAX``: ``geometry.update_sums_host`` and the unmoved count, written
-    into the row with one copy."""
-    b = after.reshape(-1).to(work)
-    d = _difference(before.reshape(-1), b)
-    sums = geometry.update_sums_host(b, d)
+    """One whole CPU tensor above ``FAST_MAX``: its update sums taken on the host as the step is formed
+    (``geometry.step_sums_host``; ``geometry.update_sums_host`` when w_t must first be cast), and the
+    unmoved count, written into the row with one copy."""
+    if before.dtype == after.dtype == work and before.is_contiguous():
+        sums = geometry.step_sums_host(before, after)
+        d = before.view(1, -1)
+    else:
+        b = after.reshape(-1).to(work)
+        d = _difference(before.reshape(-1), b)
+        sums = geometry.update_sums_host(b, d)
     unmoved = float(count_unmoved(d.reshape(1, -1))[0])  # consumes d
     raw[0, _SNAP] = torch.tensor([*sums, math.nan, math.nan, unmoved], dtype=torch.float64)
 
