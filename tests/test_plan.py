@@ -700,4 +700,38 @@ def test_the_rise_of_grad_over_weight_is_read_from_its_lowest_point_after_the_pe
     assert rises[2.0] == pytest.approx(1 / 0.02, rel=1e-3)  # AdamW: steady ‖g‖/‖w‖ ∝ 1/η (to ηλ terms)
     assert "give w0" in plan(sched, **kw).summary()
     assert "through the warm-up" not in plan(sched, **kw).summary()
-    assert "through the warm-up" in plan(sched, **{**kw, "control": ["none", "rescale"]}).summary()
+    rescaled = {**kw, "control": ["none", "rescale"]}
+    assert "built at step 150" in plan(sched, **rescaled).summary()
+    assert "through the warm-up" in plan(sched, rescale_from=0, **rescaled).summary()
+
+
+@pytest.mark.parametrize("rescale_from", [None, 0, 400])
+def test_the_rescaler_is_planned_from_the_step_it_is_built(rescale_from: int | None) -> None:
+    """``rescale_from``: before it the rescaled run is the uncontrolled one, step for step; from it the
+    continuous Rescaler's weight factors multiply to (η_t/η_from)^¼, the SGD equilibrium law (closed form).
+    The default builds it at the end of the warm-up."""
+    from smdyn.schedules import WarmupCosine
+
+    steps, warmup = 1200, 100
+    kw = {"lr": 0.1, "wd": 5e-3, "momentum": 0.9, "steps": steps, "w0": 3.0, "mode": "continuous"}
+    sched = WarmupCosine(steps, warmup, 0.02)
+    res = plan(sched, control=["none", "rescale"], rescale_from=rescale_from, **kw)
+    start = warmup if rescale_from is None else rescale_from
+    assert res.settings["rescale_from"] == start
+    none, rescaled = res.runs["none"], res.runs["rescaled"]
+    for key in ("angular_update", "weight_norm"):
+        np.testing.assert_array_equal(rescaled[key][:start], none[key][:start])
+    assert np.all(rescaled["factor"][:start] == 1.0)
+    cumulative = np.cumprod(rescaled["factor"][start:])
+    want = (res.lr[start:] / res.lr[start]) ** 0.25
+    np.testing.assert_allclose(cumulative, want, rtol=1e-9)
+    late = slice(start + 200, None)
+    assert not np.allclose(rescaled["weight_norm"][late], none["weight_norm"][late], rtol=0.01)
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (1200, ValueError), (1.5, TypeError), (True, TypeError)]
+)
+def test_rescale_from_must_be_a_step_of_the_plan(value: object, error: type) -> None:
+    with pytest.raises(error, match="rescale_from"):
+        plan(None, 0.1, 5e-3, 0.9, steps=1200, rescale_from=value)

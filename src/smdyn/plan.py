@@ -63,12 +63,20 @@ class _Trajectory:
 
 
 def _simulate(
-    model: Any, lrs: Array, ls: Array, wds: Array, start: Any, rule: LrRule | None, ends: Sequence[int]
+    model: Any,
+    lrs: Array,
+    ls: Array,
+    wds: Array,
+    start: Any,
+    rule: LrRule | None,
+    ends: Sequence[int],
+    attach: int = 0,
 ) -> _Trajectory:
-    """Run the recurrence stage by stage; the rule's factors depend on the lrs only, so come first."""
+    """Run the recurrence stage by stage; the rule's factors depend on the lrs only, so come first. The
+    rule sees the lrs from step ``attach`` on, as a Rescaler built then would."""
     fac = np.ones(len(lrs))
     if rule is not None:
-        fac[:] = [rule.observe(eta)[2] for eta in lrs.tolist()]
+        fac[attach:] = [rule.observe(eta)[2] for eta in lrs[attach:].tolist()]
     delta, norm_sq = np.empty(len(lrs)), np.empty(len(lrs))
     states = {}
     s, b0 = start, 0
@@ -204,10 +212,16 @@ class PlanResult:
                     f"  (the plan starts at the equilibrium of the first step's lr, {self.lr[0]:.4g}, below "
                     f"the peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
                 )
-            if "rescaled" in self.runs:
+            attach = self.settings.get("rescale_from", 0)
+            if "rescaled" in self.runs and attach == 0:
                 lines.append(
-                    "  (the rescaled run rescales through the warm-up too, as a Rescaler attached at step 0 "
-                    "would; attached after the warm-up it acts on the decay alone)"
+                    "  (the rescaled run rescales through the warm-up too, as a Rescaler built at step 0 "
+                    "would; built after the warm-up, the default rescale_from, it acts on the decay alone)"
+                )
+            elif "rescaled" in self.runs:
+                lines.append(
+                    f"  (the rescaled run's Rescaler is built at step {attach}, after the rise of the lr; "
+                    "before it that run is the uncontrolled one)"
                 )
         return "\n".join(lines)
 
@@ -300,6 +314,7 @@ def plan(
     reference_lr: float | None = None,
     beta2: float | None = None,
     group: int = 0,
+    rescale_from: int | None = None,
 ) -> PlanResult:
     """Predict Δ*_t, Δ_t and ‖w_t‖ for a schedule, rule and control, and the lag after each lr change.
 
@@ -340,6 +355,11 @@ def plan(
             default: the largest lr of the plan so far at each step.
         beta2: β₂ of AdamW (default: the optimizer instance's, else 0.999) and Lion (0.99).
         group: the param group of an optimizer or scheduler instance to read.
+        rescale_from: the step at which the rescaled run's :class:`smdyn.Rescaler` is built (it rescales
+            from the lr it first sees); before it that run is the uncontrolled one. Default: the end of the
+            warm-up, the first step whose lr is not above the one before it (0 when the lr does not rise
+            at the start), as the Rescaler's own documentation advises; 0 rescales through the warm-up
+            (a fresh norm scaled up by (η_peak/η₀)^¼).
 
     Returns:
         A :class:`PlanResult`.
@@ -354,6 +374,7 @@ def plan(
     model, wd, a = su.model, su.wd, su.momentum
     lrs = su.lrs if su.lrs is not None else lr_sequence(schedule, su.lr, steps)
     ls = l_sequence(L, steps)
+    attach = _rescale_start(rescale_from, lrs)
     decays = {name: _weight_decay(name, lrs, wd, reference_lr) for name in variants}
     for wds in decays.values():
         _check_stable(model, lrs, wds, a)
@@ -365,9 +386,8 @@ def plan(
     runs, rows, early = {}, [], {}
     for name in variants:
         lr_rule = LrRule(mode, float(threshold), float(floor), su.rule.norm_exponent)
-        traj, runs[name] = _run_control(
-            name, su, lrs, ls, decays[name], w0, lr_rule if name == "rescaled" else None, bounds, star, w_star
-        )
+        rule_args = (lr_rule, attach) if name == "rescaled" else (None, 0)
+        traj, runs[name] = _run_control(name, su, lrs, ls, decays[name], w0, rule_args, bounds, star, w_star)
         early[name] = _plan_series.early_excess(runs[name]["delta_ratio"])
         ref = traj.states.pop("ref")
         for i, (b0, b1) in enumerate(itertools.pairwise(bounds)):
@@ -379,7 +399,7 @@ def plan(
     rows.sort(key=lambda r: (r["stage"], variants.index(r["variant"])))
     rescaler = {"mode": mode, "threshold": threshold, "floor": floor}
     rescale = rescale if control is None else None
-    settings = _settings(su, variants, ls, steps, rescale, w0, tol, reference_lr, **rescaler)
+    settings = _settings(su, variants, ls, steps, rescale, w0, tol, reference_lr, attach, **rescaler)
     return PlanResult(lrs, ls, star, w_star, runs, rows, settings, early)
 
 
@@ -404,6 +424,7 @@ def _settings(
     w0: float | None,
     tol: float,
     reference_lr: float | None,
+    rescale_from: int,
     **rescaler: Any,
 ) -> dict[str, Any]:
     """The arguments of the plan as resolved (rule name and family, controls), for the result."""
@@ -419,6 +440,7 @@ def _settings(
         "L_varies": bool(np.any(ls != ls[0])),
         "steps": steps,
         "rescale": rescale,
+        "rescale_from": rescale_from,
         **rescaler,
         "w0": w0,
         "tol": tol,
@@ -433,7 +455,7 @@ def _run_control(
     ls: Array,
     wds: Array,
     w0: float | None,
-    lr_rule: LrRule | None,
+    rule_args: tuple[LrRule | None, int],
     bounds: Sequence[int],
     star: Array,
     w_star: Array,
@@ -445,7 +467,7 @@ def _run_control(
         traj, d_star, n_star, ref = _rotation(star, fixed), star, np.full(steps, fixed), star
     else:
         start = model.start(w0, float(lrs[0]), float(wds[0]), float(ls[0]))
-        traj = _simulate(model, lrs, ls, wds, start, lr_rule, bounds[1:])
+        traj = _simulate(model, lrs, ls, wds, start, rule_args[0], bounds[1:], rule_args[1])
         d_star, n_star = (star, w_star) if name != "corrected_decay" else model.theory(su.rule, lrs, wds, ls)
         ref = model.fixed_delta(lrs, wds)
     traj.states["ref"] = ref
@@ -459,6 +481,18 @@ def _run_control(
         **_plan_series.diagnostics(traj.angular_update, traj.weight_norm, d_star, n_star, ls),
     }
     return traj, series
+
+
+def _rescale_start(rescale_from: Any, lrs: Array) -> int:
+    """The step the rescaled run's Rescaler is built at (``plan``'s ``rescale_from``)."""
+    if rescale_from is None:
+        falls = np.flatnonzero(lrs[1:] <= lrs[:-1])
+        return int(falls[0]) + 1 if len(falls) and falls[0] > 0 else 0
+    if isinstance(rescale_from, bool) or not isinstance(rescale_from, (int, np.integer)):
+        raise TypeError(f"rescale_from must be a step (an int) or None, got {rescale_from!r}")
+    if not 0 <= rescale_from < len(lrs):
+        raise ValueError(f"rescale_from must be a step in [0, steps = {len(lrs)}), got {rescale_from!r}")
+    return int(rescale_from)
 
 
 def _number(name: str, value: Any) -> float:

@@ -105,6 +105,13 @@ def add_plan_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--mode", choices=("drops", "continuous"), default="drops", help="rescaling mode")
     parser.add_argument(
+        "--rescale-from",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="step the Rescaler is built at (default: the end of the warm-up; 0 rescales through it)",
+    )
+    parser.add_argument(
         "--reference-lr", type=float, default=None, help="corrected decay's η_max (default: the peak so far)"
     )
     parser.add_argument("--out", default=None, help="output directory (default: a new folder under runs/)")
@@ -226,6 +233,7 @@ def run_plan(args: argparse.Namespace) -> int:
             rescale=rescale,
             control=args.control,
             mode=args.mode,
+            rescale_from=args.rescale_from,
             w0=args.w0,
             optimizer=args.optimizer,
             shape=args.shape,
