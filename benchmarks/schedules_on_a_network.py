@@ -18,7 +18,9 @@ the monitor) are one param group, every other parameter another; both follow the
    ‖g̃‖/w*²), continuous rescaling (attached at the end of the warm-up) and the rotation controller (both
    hold Δ at Δ*). Over the last 20% of training, in 10 blocks: RMS Δ/Δ* and (w*/‖w‖)² (= ‖g‖/‖w‖ over its
    steady state; w* the monitor's ``theory_weight_norm``, at the group's own λ_t), the range over blocks of
-   the layer mean; for the uncontrolled run beside the planner's values for the same blocks. Final
+   the layer mean; for the uncontrolled and the rescaled runs beside the planner's values for the same
+   blocks (the rescaled run planned with ``rescale_from`` at the end of the warm-up, from its own initial
+   norm and, for SGDM, its own L_t; AdamW's element count fitted to the uncontrolled run). Final
    held-out loss (cross-entropy against noisy labels) and accuracy (against the teacher's clean argmax) on
    8192 fresh samples, mean ± standard deviation over the seeds.
 
@@ -57,14 +59,16 @@ SGDM, lr ÷10 at step 1500: steps until Δ stays within 10% of the new Δ*: plan
    of the same seed (same init, teacher and batches): Δacc = accuracy − its, mean ± sd
 rule   control          RMS Δ/Δ*     (w_ref/‖w‖)²  held-out loss    accuracy         Δacc
 sgdm   none             0.443–0.846  2.596–3.367   1.4639 ± 0.0190  0.9203 ± 0.0052  +0.0000 ± 0.0000
-       planned (none)   0.482–0.840  2.652–3.443
+       planned          0.482–0.840  2.652–3.443
 sgdm   corrected_decay  1.036–1.216  1.071–1.090   1.4542 ± 0.0189  0.9358 ± 0.0028  +0.0155 ± 0.0063
 sgdm   rescale          0.940–1.120  3.255–7.654   1.4728 ± 0.0181  0.9043 ± 0.0079  -0.0160 ± 0.0055
+       planned          0.989–1.099  3.345–7.827
 sgdm   rotation         1.000–1.000  1.000–1.000   1.4764 ± 0.0174  0.8976 ± 0.0073  -0.0227 ± 0.0067
 adamw  none             0.285–0.676  1.667–1.907   1.4517 ± 0.0200  0.9254 ± 0.0021  +0.0000 ± 0.0000
-       planned (none)   0.254–0.586  2.571–3.023
+       planned          0.254–0.586  2.571–3.023
 adamw  corrected_decay  1.103–1.248  0.713–0.772   1.4495 ± 0.0196  0.9313 ± 0.0028  +0.0059 ± 0.0018
 adamw  rescale          1.013–1.282  6.406–33.514  1.4623 ± 0.0204  0.9040 ± 0.0046  -0.0214 ± 0.0048
+       planned          0.991–0.994  9.528–53.808
 adamw  rotation         1.000–1.000  1.000–1.000   1.4589 ± 0.0201  0.9054 ± 0.0082  -0.0201 ± 0.0075
 
 Reading. SGDM: the planner, given L_t and the initial norm, predicts ‖g‖/‖w‖ within 1.1% at every point, the
@@ -81,7 +85,9 @@ mean g²/v̂ exactly) explains 0.63 → 1.25; what the plan must hold constant, 
 steps correlate longer (R, 18-19 like independent steps until then, reaches 31 and 58): at a small η the
 gradient's mean direction persists over many steps. That is a property of the gradients, not of the norm
 dynamics, and no plan made before training can know it; so corrected decay lets ‖w‖ grow 16% (outside
-±20% in ‖g‖/‖w‖), and continuous rescaling lets Δ/Δ* rise to 1.28. Accuracy: corrected decay helps (paired
+±20% in ‖g‖/‖w‖), and continuous rescaling lets Δ/Δ* rise to 1.28 where its plan holds 0.99. Under SGDM the
+plan of the rescaled run (Rescaler built at the end of the warm-up) reads its late Δ/Δ* 0.989–1.099 against
+0.940–1.120 measured and its (w_ref/‖w‖)² 3.35–7.83 against 3.26–7.65. Accuracy: corrected decay helps (paired
 +1.6 points SGDM, +0.6 AdamW); rescaling and rotation hurt (-1.6 to -2.3 points): holding Δ at Δ* ∝ √η keeps
 the steps larger at the end than the lagging uncontrolled run, which anneals harder.
 """
@@ -242,9 +248,15 @@ def _window(steps: int, lo: float, hi: float) -> slice:
 
 
 def predicted_norms(
-    rule: Rule, run: Run, schedule: object, use_l: bool, numel: list[float] | None = None
+    rule: Rule,
+    run: Run,
+    schedule: object,
+    use_l: bool,
+    numel: list[float] | None = None,
+    control: str = "none",
 ) -> list[smdyn.PlanResult]:
-    """One plan per layer, from its measured initial norm (and its measured L_t when ``use_l``)."""
+    """One plan per layer, from its measured initial norm (and its measured L_t when ``use_l``); the
+    ``rescale`` control as ``train`` builds it: continuous, from the end of the warm-up."""
     c, steps = run.columns, len(run.lr)
     plans = []
     for i in range(c["weight_norm"].shape[0]):
@@ -261,7 +273,9 @@ def predicted_norms(
                 w0=float(c["weight_norm"][i, 0]),
                 optimizer="sgd" if rule.name == "sgdm" else "adamw",
                 numel=float(WIDTH * WIDTH) if numel is None else numel[i],
-                control="none",
+                control=control,
+                mode="continuous",
+                rescale_from=round(WARMUP * steps),
             )
         )
     return plans
@@ -330,9 +344,16 @@ def measured_late(run: Run) -> tuple[np.ndarray, np.ndarray]:
     return late_readings((c["angular_update"] / c["theory_angular_update"]) ** 2, c["weight_norm"])
 
 
-def planned_late(plans: list[smdyn.PlanResult]) -> tuple[np.ndarray, np.ndarray]:
-    d = np.stack([p.runs["none"]["delta_ratio"] for p in plans])
-    return late_readings(d**2, np.stack([p.runs["none"]["weight_norm"] for p in plans]))
+def planned_late(plans: list[smdyn.PlanResult], name: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    d = np.stack([p.runs[name]["delta_ratio"] for p in plans])
+    return late_readings(d**2, np.stack([p.runs[name]["weight_norm"] for p in plans]))
+
+
+def planned_rescale(rule: Rule, run: Run, fitted: list[smdyn.PlanResult]) -> list[smdyn.PlanResult]:
+    """The rescaled run's plans: its own initial norms (and L_t for SGDM), the element counts of the plans
+    ``fitted`` to the uncontrolled run of the same seed."""
+    numel = [float(p.settings["numel"]) for p in fitted]
+    return predicted_norms(rule, run, _schedule(len(run.lr)), rule.name == "sgdm", numel, control="rescale")
 
 
 def drop_lags(rule: Rule, run: Run) -> tuple[float, float, float]:
@@ -453,11 +474,17 @@ def part_two(rules: dict[str, Rule], runs: dict, plans: dict, controls: tuple[st
             loss = _mean_sd([r.loss for r in rs])
             print(f"{name:<6} {control:<15}  {_range(d):<11}  {_range(g):<12}  {loss}  {_mean_sd(acc)}  "
                   f"{np.mean(paired):+.4f} ± {np.std(paired):.4f}")  # fmt: skip
+            variant = list(plans[name][0])[-1]
             if control == "none":
-                variant = list(plans[name][0])[-1]
                 late = [planned_late(p[variant]) for p in plans[name]]
+            elif control == "rescale":
+                late = [
+                    planned_late(planned_rescale(rules[name], r, p[variant]), "rescaled")
+                    for r, p in zip(rs, plans[name], strict=True)
+                ]
+            if control in ("none", "rescale"):
                 d, g = np.concatenate([x[0] for x in late]), np.concatenate([x[1] for x in late])
-                print(f"{'':<6} {'planned (none)':<15}  {_range(d):<11}  {_range(g):<12}")
+                print(f"{'':<6} {'planned':<15}  {_range(d):<11}  {_range(g):<12}")
 
 
 def main() -> None:
