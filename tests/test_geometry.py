@@ -530,3 +530,8 @@ def test_step_sums_host_refuses_what_it_cannot_overwrite() -> None:
         geometry.step_sums_host(w.double(), w)
     with pytest.raises(ValueError, match="CPU tensors only"):
         geometry.step_sums_host(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
+    with pytest.raises(ValueError, match="share memory"):
+        geometry.step_sums_host(w, w)
+    big = torch.randn(2 * 2**17)
+    with pytest.raises(ValueError, match="share memory"):
+        geometry.step_sums_host(big[: 2**17], big[2**17 - 5 : -5])

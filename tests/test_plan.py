@@ -701,8 +701,9 @@ def test_the_rise_of_grad_over_weight_is_read_from_its_lowest_point_after_the_pe
     assert "give w0" in plan(sched, **kw).summary()
     assert "through the warm-up" not in plan(sched, **kw).summary()
     rescaled = {**kw, "control": ["none", "rescale"]}
-    assert "built at step 150" in plan(sched, **rescaled).summary()
+    assert "built at step 149, once the lr has peaked" in plan(sched, **rescaled).summary()
     assert "through the warm-up" in plan(sched, rescale_from=0, **rescaled).summary()
+    assert "before the lr peaks at step 149" in plan(sched, rescale_from=50, **rescaled).summary()
 
 
 @pytest.mark.parametrize("rescale_from", [None, 0, 400])
@@ -716,7 +717,7 @@ def test_the_rescaler_is_planned_from_the_step_it_is_built(rescale_from: int | N
     kw = {"lr": 0.1, "wd": 5e-3, "momentum": 0.9, "steps": steps, "w0": 3.0, "mode": "continuous"}
     sched = WarmupCosine(steps, warmup, 0.02)
     res = plan(sched, control=["none", "rescale"], rescale_from=rescale_from, **kw)
-    start = warmup if rescale_from is None else rescale_from
+    start = warmup - 1 if rescale_from is None else rescale_from  # the ramp reaches the peak at step 99
     assert res.settings["rescale_from"] == start
     none, rescaled = res.runs["none"], res.runs["rescaled"]
     for key in ("angular_update", "weight_norm"):
@@ -727,6 +728,38 @@ def test_the_rescaler_is_planned_from_the_step_it_is_built(rescale_from: int | N
     np.testing.assert_allclose(cumulative, want, rtol=1e-9)
     late = slice(start + 200, None)
     assert not np.allclose(rescaled["weight_norm"][late], none["weight_norm"][late], rtol=0.01)
+
+
+def test_the_rescaler_is_built_by_default_where_the_lr_first_peaks() -> None:
+    """However the warm-up rises (a plateau first, milestones, a slow ramp) and however many restarts
+    follow, the default ``rescale_from`` is the first step at the peak lr; a run that starts at its peak
+    rescales from step 0."""
+    import torch
+
+    from smdyn.schedules import CosineRestarts
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    plateau = torch.optim.lr_scheduler.SequentialLR(
+        opt,
+        [
+            torch.optim.lr_scheduler.ConstantLR(opt, factor=1 / 3, total_iters=20),
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=980),
+        ],
+        milestones=[20],
+    )
+    cases = [
+        (plateau, 20),
+        ([(0, 0.01), (50, 0.05), (100, 0.1), (600, 0.01)], 100),
+        (lambda s: min(1.0, max(s, 1) / 100), 100),
+        (lambda s: 0.1 if s < 20 else min(1.0, (s - 19) / 80), 99),
+        (CosineRestarts(250, 2, warmup=30, floor=0.01), 29),
+        (None, 0),
+        ([(300, 0.01)], 0),
+    ]
+    for schedule, want in cases:
+        lr = None if schedule is plateau else 0.1
+        res = plan(schedule, lr, 5e-3, 0.9, steps=1000, w0=3.0, control=["none", "rescale"])
+        assert res.settings["rescale_from"] == want, schedule
 
 
 @pytest.mark.parametrize(

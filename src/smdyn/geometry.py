@@ -426,12 +426,14 @@ def step_sums_host(before: Tensor, after: Tensor) -> list[float]:
     while it is in cache: the step is then read from memory once instead of three times (the monitor's
     snapshot fill of a 2**18-element weight after an optimizer step: 336 → 243 µs, measured). The same
     dot products in the same order as forming d first, so equal to ``update_sums_host(after, d)`` to the
-    last bit.
+    last bit where ``before`` is aligned as a fresh tensor is (BLAS rounds differently at other addresses:
+    then within the blocked sums' own error).
 
     Raises:
         TypeError: An argument is not a floating-point tensor.
         ValueError: Shapes, devices or dtypes differ, a dtype other than float32/float64, a device other
-            than the CPU, or ``before`` not contiguous (it could not be written in place).
+            than the CPU, ``before`` not contiguous (it could not be written in place) or sharing memory
+            with ``after`` (writing the step would change the weight being summed).
     """
     before, after = _check_pair(("before", "after"), before, after)
     if before.device.type != "cpu":
@@ -443,6 +445,8 @@ def step_sums_host(before: Tensor, after: Tensor) -> list[float]:
         )
     if not before.is_contiguous():
         raise ValueError("step_sums_host overwrites before with the step: it must be contiguous")
+    if before.untyped_storage().data_ptr() == after.untyped_storage().data_ptr():
+        raise ValueError("step_sums_host writes the step into before: it must not share memory with after")
     d, b = before.view(-1), after.reshape(-1)
     if d.numel() <= _BLOCK:
         return update_sums_host(b, d.sub_(b))

@@ -212,17 +212,8 @@ class PlanResult:
                     f"  (the plan starts at the equilibrium of the first step's lr, {self.lr[0]:.4g}, below "
                     f"the peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
                 )
-            attach = self.settings.get("rescale_from", 0)
-            if "rescaled" in self.runs and attach == 0:
-                lines.append(
-                    "  (the rescaled run rescales through the warm-up too, as a Rescaler built at step 0 "
-                    "would; built after the warm-up, the default rescale_from, it acts on the decay alone)"
-                )
-            elif "rescaled" in self.runs:
-                lines.append(
-                    f"  (the rescaled run's Rescaler is built at step {attach}, after the rise of the lr; "
-                    "before it that run is the uncontrolled one)"
-                )
+            if "rescaled" in self.runs:
+                lines.append(_rescaler_note(int(self.settings.get("rescale_from", 0)), _peak_step(self.lr)))
         return "\n".join(lines)
 
     def to_string(self) -> str:
@@ -278,6 +269,24 @@ class PlanResult:
 
     def __str__(self) -> str:
         return self.to_string()
+
+
+def _rescaler_note(attach: int, peak: int) -> str:
+    """Where the rescaled run's Rescaler is built, against the warm-up's end (the summary's last line)."""
+    if attach == 0:
+        return (
+            "  (the rescaled run rescales through the warm-up too, as a Rescaler built at step 0 would; "
+            f"built at the peak, step {peak}, the default of rescale_from, it acts on the decay alone)"
+        )
+    if attach < peak:
+        return (
+            f"  (the rescaled run's Rescaler is built at step {attach}, before the lr peaks at step {peak}: "
+            "it rescales the rest of the warm-up; before it that run is the uncontrolled one)"
+        )
+    return (
+        f"  (the rescaled run's Rescaler is built at step {attach}, once the lr has peaked (step {peak}); "
+        "before it that run is the uncontrolled one)"
+    )
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -357,9 +366,9 @@ def plan(
         group: the param group of an optimizer or scheduler instance to read.
         rescale_from: the step at which the rescaled run's :class:`smdyn.Rescaler` is built (it rescales
             from the lr it first sees); before it that run is the uncontrolled one. Default: the end of the
-            warm-up, the first step whose lr is not above the one before it (0 when the lr does not rise
-            at the start), as the Rescaler's own documentation advises; 0 rescales through the warm-up
-            (a fresh norm scaled up by (η_peak/η₀)^¼).
+            warm-up, the first step at the schedule's peak lr (0 when the run starts at its peak), as the
+            Rescaler's own documentation advises; 0 rescales through the warm-up (a fresh norm scaled up
+            by (η_peak/η₀)^¼).
 
     Returns:
         A :class:`PlanResult`.
@@ -483,11 +492,16 @@ def _run_control(
     return traj, series
 
 
+def _peak_step(lrs: Array) -> int:
+    """The first step at the schedule's peak lr, to rounding (a restart's peak computed a bit higher does
+    not move it): where a warm-up ends, however it rises (flat stretches and plateaus included)."""
+    return int(np.flatnonzero(lrs >= lrs.max() * (1.0 - 1e-9))[0])
+
+
 def _rescale_start(rescale_from: Any, lrs: Array) -> int:
     """The step the rescaled run's Rescaler is built at (``plan``'s ``rescale_from``)."""
     if rescale_from is None:
-        falls = np.flatnonzero(lrs[1:] <= lrs[:-1])
-        return int(falls[0]) + 1 if len(falls) and falls[0] > 0 else 0
+        return _peak_step(lrs)
     if isinstance(rescale_from, bool) or not isinstance(rescale_from, (int, np.integer)):
         raise TypeError(f"rescale_from must be a step (an int) or None, got {rescale_from!r}")
     if not 0 <= rescale_from < len(lrs):
