@@ -423,8 +423,9 @@ def step_sums_host(before: Tensor, after: Tensor) -> list[float]:
 
     ``before`` (w_t, a contiguous CPU tensor of after's float32/float64 dtype) is overwritten with
     d = w_t − w_{t+1}, one block of ``_BLOCK`` elements at a time, and each block's three sums are taken
-    while it is in cache: the step is then read from memory once instead of three times (the monitor's
-    snapshot fill of a 2**18-element weight after an optimizer step: 336 → 243 µs, measured). The same
+    while it is in cache: the step is then read from memory once instead of three times (a 2**18-element
+    weight with the caches cold, as a model larger than them leaves them: 336 → 243 µs, measured; where
+    weights and optimizer state fit in the cache the gain is within the noise). The same
     dot products in the same order as forming d first, so equal to ``update_sums_host(after, d)`` to the
     last bit where ``before`` is aligned as a fresh tensor is (BLAS rounds differently at other addresses:
     then within the blocked sums' own error).
