@@ -205,7 +205,7 @@ class PlanResult:
                 f"state, which is {r['steady_rise']:.3f}× its value at the peak lr; ‖g‖/‖w‖ has risen "
                 f"{r['grad_rise']:.3f}× from its lowest value after the peak (step {r['grad_low_step']}){lag}"
             )
-        peak = int(np.argmax(self.lr))
+        peak = _peak_step(self.lr)
         if peak > 0 and self.lr[0] < self.lr[peak]:
             if self.settings.get("w0") is None:
                 lines.append(
@@ -213,7 +213,7 @@ class PlanResult:
                     f"the peak {self.lr[peak]:.4g}: give w0, the initial ‖w‖, to plan a fresh run's warm-up)"
                 )
             if "rescaled" in self.runs:
-                lines.append(_rescaler_note(int(self.settings.get("rescale_from", 0)), _peak_step(self.lr)))
+                lines.append(_rescaler_note(int(self.settings.get("rescale_from", 0)), peak))
         return "\n".join(lines)
 
     def to_string(self) -> str:
@@ -393,10 +393,12 @@ def plan(
     nominal = np.full(steps, wd)
     star, w_star = model.theory(su.rule, lrs, nominal, ls)
     runs, rows, early = {}, [], {}
+    lr_rule = LrRule(mode, float(threshold), float(floor), su.rule.norm_exponent)  # the one rescaled run's
     for name in variants:
-        lr_rule = LrRule(mode, float(threshold), float(floor), su.rule.norm_exponent)
-        rule_args = (lr_rule, attach) if name == "rescaled" else (None, 0)
-        traj, runs[name] = _run_control(name, su, lrs, ls, decays[name], w0, rule_args, bounds, star, w_star)
+        rule = lr_rule if name == "rescaled" else None
+        traj, runs[name] = _run_control(
+            name, su, lrs, ls, decays[name], w0, rule, attach, bounds, star, w_star
+        )
         early[name] = _plan_series.early_excess(runs[name]["delta_ratio"])
         ref = traj.states.pop("ref")
         for i, (b0, b1) in enumerate(itertools.pairwise(bounds)):
@@ -464,7 +466,8 @@ def _run_control(
     ls: Array,
     wds: Array,
     w0: float | None,
-    rule_args: tuple[LrRule | None, int],
+    lr_rule: LrRule | None,
+    attach: int,
     bounds: Sequence[int],
     star: Array,
     w_star: Array,
@@ -476,7 +479,7 @@ def _run_control(
         traj, d_star, n_star, ref = _rotation(star, fixed), star, np.full(steps, fixed), star
     else:
         start = model.start(w0, float(lrs[0]), float(wds[0]), float(ls[0]))
-        traj = _simulate(model, lrs, ls, wds, start, rule_args[0], bounds[1:], rule_args[1])
+        traj = _simulate(model, lrs, ls, wds, start, lr_rule, bounds[1:], attach)
         d_star, n_star = (star, w_star) if name != "corrected_decay" else model.theory(su.rule, lrs, wds, ls)
         ref = model.fixed_delta(lrs, wds)
     traj.states["ref"] = ref
