@@ -101,6 +101,59 @@ def test_rows_that_cannot_be_computed_are_kept_as_nan_with_a_reason(monkeypatch)
     assert tuple(h) == COLUMNS
 
 
+class _ListSink:
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def write(self, rows: dict) -> None:
+        self.steps += [int(s) for s in rows["step"]]
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("where", ["measure_step", "measure_after"])
+def test_a_failed_measurement_is_kept_as_nan_rows_and_training_is_untouched(monkeypatch, where) -> None:
+    """A hook that fails (a sync-debug mode, an exotic tensor, a bug of ours) loses no row: the step is
+    recorded as NaN with ``not_measured``, in step order, and the weights are those of an unwatched run."""
+    from smdyn.monitor import batch
+
+    def run(watch: bool) -> tuple[nn.Module, SphericalMonitor | None, _ListSink]:
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=1e-2)
+        sink = _ListSink()
+        mon = None
+        if watch:
+            mon = SphericalMonitor(model, opt, params=["0.weight"], flush_every=2, sinks=[sink])
+        _train(model, opt, 6)
+        if mon is not None:
+            mon.close()
+        return model, mon, sink
+
+    original, calls = getattr(batch, where), [0]
+
+    def fails_on_the_third_call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("device lost")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(batch, where, fails_on_the_third_call)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        watched, mon, sink = run(True)
+    unwatched, _, _ = run(False)
+    for a, b in zip(watched.parameters(), unwatched.parameters(), strict=True):
+        assert torch.equal(a, b)
+    h = mon.history()
+    assert list(h["step"]) == sink.steps == [0, 1, 2, 3, 4, 5]
+    assert list(h["reason_code"]) == ["", "", "not_measured", "", "", ""]
+    assert "device lost" in h["reason"][2]
+    assert np.isnan(h["angular_update"][2]) and np.isfinite(np.delete(h["angular_update"], 2)).all()
+    assert sum("skipped step 2" in str(w.message) for w in caught) == 1
+    assert mon.step == 6
+
+
 def test_group_added_mid_run_and_state_of_another_optimizer_is_refused() -> None:
     model = _model()
     first, second = model[0].weight, model[3].weight

@@ -82,6 +82,7 @@ REASONS = {
         "RMS Δ/Δ* far below 1 while the lr is below its peak: the norm lags the decaying schedule, so "
         "‖g‖/‖w‖ rises (Defazio et al. 2025)"
     ),
+    "not_measured": "smdyn could not measure this step (the step itself ran untouched; see the warning)",
     "internal": "smdyn could not compute this row (an internal error; see the warning)",
 }
 
@@ -94,5 +95,6 @@ MEASUREMENT_LOST = (
     "nonfinite_weight",
     "zero_norm",
     "nonfinite_grad",
+    "not_measured",
     "internal",
 )

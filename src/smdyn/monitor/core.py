@@ -106,6 +106,7 @@ class SphericalMonitor:
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
         self._current: tuple[int, list[records.UnitStep], batch.StepMeasurement] | None = None
+        self._not_measured: list[tuple[int, str]] = []  # (step, why): recorded steps whose hook failed
         self._buffers = measure.Buffers()  # snapshots kept between recorded steps (CPU only)
         self._outer: tuple[int, Any] | None = None  # (frame id, code) of the step() call being measured
         self._latest: dict[str, np.ndarray] = {}
@@ -219,12 +220,14 @@ class SphericalMonitor:
         return (args[0], measured_closure, *args[2:]), kwargs
 
     def _before_step(self) -> None:
+        recording = False
         try:
             if self._capture is not None:
                 self._resolve_late()
             self._sync_groups()
             self._lr.watch(self.optimizer, self.step)
-            if self._recording(self.step):
+            recording = self._recording(self.step)
+            if recording:
                 self._measure_before()
         except Exception as exc:  # never break the user's training step
             self._current = None
@@ -232,6 +235,8 @@ class SphericalMonitor:
                 self._go_idle(f"smdyn monitor found nothing to monitor and is idle: {exc}")
             else:
                 self._warn_once("pre", f"smdyn monitor skipped step {self.step}: {exc!r}")
+                if recording:
+                    self._not_measured.append((self.step, repr(exc)))
 
     def _post_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         caller = sys._getframe(1)
@@ -243,12 +248,13 @@ class SphericalMonitor:
                 self._measure_after()
         except Exception as exc:
             self._warn_once("post", f"smdyn monitor skipped step {self.step}: {exc!r}")
+            self._not_measured.append((self.step, repr(exc)))
         finally:
             self._current = None
             self.step += 1
         try:
             _keep_last(getattr(optimizer, "_optimizer_step_pre_hooks", None), self._handles[0].id)
-            if len(self._pending) >= self.flush_every:
+            if len(self._pending) + len(self._not_measured) >= self.flush_every:
                 self.flush()
         except Exception as exc:  # flush() keeps its own rows; nothing reaches the training loop
             self._warn_once("post", f"smdyn monitor: {exc!r} after step {self.step - 1}")
@@ -345,22 +351,29 @@ class SphericalMonitor:
         """Move buffered records to the host, compute the metrics and theory, and write the sinks.
 
         Never raises: a block whose numbers cannot be computed is recorded as NaN rows with
-        ``reason_code == "internal"``, and a failing sink is reported once by a warning.
+        ``reason_code == "internal"``, a recorded step whose measurement failed in a hook as NaN rows with
+        ``"not_measured"``, and a failing sink is reported once by a warning.
         """
-        if not self._pending:
+        if not self._pending and not self._not_measured:
             return
         pending, self._pending = self._pending, []
-        steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
-        try:
-            raw = to_host([m for _, _, m in pending], self._raw_rows, self._shards)
-            batch = records.build(self._layout, self._windows, steps, [m for _, m, _ in pending], raw)
-        except Exception as exc:
-            self._warn_once(
-                "flush",
-                f"smdyn: could not compute records of steps {steps[0]}..{steps[-1]}: "
-                f"{exc!r}; they are recorded as NaN",
-            )
-            batch = records.fallback(self._layout, steps, repr(exc))
+        failed, self._not_measured = self._not_measured, []
+        blocks = [records.fallback(self._layout, np.array([s]), why, "not_measured") for s, why in failed]
+        if pending:
+            steps = np.asarray([s for s, _, _ in pending], dtype=np.int64)
+            try:
+                raw = to_host([m for _, _, m in pending], self._raw_rows, self._shards)
+                blocks.append(
+                    records.build(self._layout, self._windows, steps, [m for _, m, _ in pending], raw)
+                )
+            except Exception as exc:
+                self._warn_once(
+                    "flush",
+                    f"smdyn: could not compute records of steps {steps[0]}..{steps[-1]}: "
+                    f"{exc!r}; they are recorded as NaN",
+                )
+                blocks.append(records.fallback(self._layout, steps, repr(exc)))
+        batch = records.in_step_order(blocks)
         dropped = self._history.append(batch)
         if dropped and not self.sinks and self._history.max_rows != 0:
             self._warn_once(

@@ -173,8 +173,9 @@ def build(
     return {k: np.ascontiguousarray(out[k]).reshape(-1) if out[k].ndim > 1 else out[k] for k in COLUMNS}
 
 
-def fallback(layout: Layout, steps: np.ndarray, why: str) -> dict[str, np.ndarray]:
-    """Rows for a block whose records could not be computed: every number NaN, the reason says why."""
+def fallback(layout: Layout, steps: np.ndarray, why: str, code: str = "internal") -> dict[str, np.ndarray]:
+    """Rows for steps whose records could not be computed (``internal``) or whose measurement failed in a
+    hook (``not_measured``): every number NaN, the reason says why."""
     nrows = len(layout.names)
     n = len(steps) * nrows
     out: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in COLUMNS}
@@ -182,6 +183,15 @@ def fallback(layout: Layout, steps: np.ndarray, why: str) -> dict[str, np.ndarra
     out["param"] = np.tile(layout.names, len(steps))
     out["channel"] = np.tile(layout.channels, len(steps))
     out["in_equilibrium"] = np.zeros(n, dtype=bool)
-    out["reason_code"] = np.full(n, "internal", dtype=object)
-    out["reason"] = np.full(n, f"{REASONS['internal']}: {why}", dtype=object)
+    out["reason_code"] = np.full(n, code, dtype=object)
+    out["reason"] = np.full(n, f"{REASONS[code]}: {why}", dtype=object)
     return out
+
+
+def in_step_order(blocks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Blocks of rows joined, sorted by step (stable: a step's rows keep the layout order)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    joined = {c: np.concatenate([b[c] for b in blocks]) for c in COLUMNS}
+    order = np.argsort(joined["step"], kind="stable")
+    return {c: v[order] for c, v in joined.items()}
