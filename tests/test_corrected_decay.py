@@ -407,3 +407,44 @@ def test_marks_follow_every_holder() -> None:
         CorrectedWeightDecay(model, opt)
     cwd.close()
     CorrectedWeightDecay(model, opt).close()
+
+
+def _mixed_adamw(model: nn.Module, **kw) -> tuple[torch.optim.Optimizer, CorrectedWeightDecay]:
+    """One decoupled group holding invariant and other weights: corrected by a factor before the step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, **kw)
+    names = dict(model.named_parameters())
+    return opt, CorrectedWeightDecay([(n, names[n]) for n in INVARIANT], opt, reference_lr=0.02)
+
+
+def test_a_weight_the_optimizer_leaves_alone_is_left_alone() -> None:
+    """A weight without a gradient this step (an unused branch) is not stepped by AdamW, nor decayed."""
+    model = _net()
+    opt, _ = _mixed_adamw(model)
+    opt.zero_grad()
+    _loss(model, 0).backward()
+    model[0].weight.grad = None
+    before = model[0].weight.detach().clone()
+    opt.step()
+    assert torch.equal(model[0].weight, before)
+    opt.zero_grad()
+    _loss(model, 1).backward()
+    before = model[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(model[0].weight, before)
+
+
+def test_a_step_the_gradient_scaler_skips_leaves_the_weights_as_they_were() -> None:
+    """Fused AdamW under GradScaler skips a step with non-finite gradients inside the kernel, after the
+    pre-hooks: the corrected decay must not have moved the weights either (decided on the device)."""
+    model = _net()
+    opt, _ = _mixed_adamw(model, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for t, poison in enumerate((False, True, False)):
+        opt.zero_grad()
+        loss = _loss(model, t) * (math.inf if poison else 1.0)
+        scaler.scale(loss).backward()
+        before = [p.detach().clone() for p in model.parameters()]
+        scaler.step(opt)
+        scaler.update()
+        same = [torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)]
+        assert all(same) if poison else not any(same[:1])

@@ -210,3 +210,44 @@ def test_every_callable_that_raises_never_reaches_the_training_loop() -> None:
 def test_every_reason_code_has_prose() -> None:
     assert all(isinstance(v, str) and v for v in REASONS.values())
     assert math.isfinite(len(REASONS))
+
+
+def test_gradients_made_with_create_graph_are_measured_without_recording_a_graph() -> None:
+    """Second-order methods backpropagate with create_graph=True: the monitor's sums must not join the
+    graph (it would keep every step's activations until the flush, and the rows could not be read)."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    g = torch.Generator().manual_seed(1)
+    with SphericalMonitor(model, opt, params=["0.weight"], flush_every=10) as mon:
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            model(torch.randn(4, 8, generator=g)).square().mean().backward(create_graph=True)
+            opt.step()
+        assert not any(b.requires_grad for _, _, m in mon._pending for b in m.blocks)
+    h = mon.history()
+    assert list(h["reason_code"]) == ["", "", ""]
+    assert np.isfinite(h["angular_update"]).all()
+
+
+def test_a_closure_called_with_arguments_gets_them() -> None:
+    class _ProbingSgd(torch.optim.SGD):
+        def step(self, closure=None):
+            with torch.enable_grad():
+                closure(True)
+            return super().step()
+
+    model = _model()
+    opt = _ProbingSgd(model.parameters(), lr=0.1)
+    x = torch.randn(4, 8)
+    seen = []
+
+    def closure(backward: bool = False) -> torch.Tensor:
+        seen.append(backward)
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss
+
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        opt.step(closure)
+    assert seen == [True] and mon.step == 1

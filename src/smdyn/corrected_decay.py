@@ -183,8 +183,16 @@ class CorrectedWeightDecay:
         if not keep > 0:
             raise ValueError(f"param group {g.index}: lr·weight_decay = {lr * wd:.4g} ≥ 1")
         c = (1.0 - lr * g.current) / keep
-        if c != 1.0:
-            for p in g.tensors:
+        if c == 1.0:
+            return
+        found_inf = getattr(self.optimizer, "found_inf", None)  # GradScaler's flag for a fused step
+        for p in g.tensors:
+            if p.grad is None:  # the optimizer leaves a weight without a gradient alone, and so must we
+                continue
+            if isinstance(found_inf, torch.Tensor):  # a skipped fused step must not move it: no host read
+                one = torch.ones((), dtype=torch.float64, device=p.device)
+                p.mul_(torch.where(found_inf.to(p.device) > 0, one, c))
+            else:
                 p.mul_(c)
 
     def _warn_once(self, g: _Group, key: str, message: str) -> None:

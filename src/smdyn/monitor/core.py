@@ -208,8 +208,8 @@ class SphericalMonitor:
             return None
         calls = [0]
 
-        def measured_closure() -> Any:
-            loss = closure()
+        def measured_closure(*a: Any, **k: Any) -> Any:
+            loss = closure(*a, **k)
             calls[0] += 1
             if calls[0] == 1:
                 self._before_step()
@@ -228,7 +228,8 @@ class SphericalMonitor:
             self._lr.watch(self.optimizer, self.step)
             recording = self._recording(self.step)
             if recording:
-                self._measure_before()
+                with torch.no_grad():  # a gradient made with create_graph=True must not record a graph
+                    self._measure_before()
         except Exception as exc:  # never break the user's training step
             self._current = None
             if not self.units:
@@ -245,7 +246,8 @@ class SphericalMonitor:
         self._outer = None
         try:
             if self._current is not None:
-                self._measure_after()
+                with torch.no_grad():
+                    self._measure_after()
         except Exception as exc:
             self._warn_once("post", f"smdyn monitor skipped step {self.step}: {exc!r}")
             self._not_measured.append((self.step, repr(exc)))
