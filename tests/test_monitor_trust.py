@@ -251,3 +251,46 @@ def test_a_closure_called_with_arguments_gets_them() -> None:
     with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
         opt.step(closure)
     assert seen == [True] and mon.step == 1
+
+
+class _DrawsRandomNumbers(nn.Module):
+    """Draws from torch's, Python's and numpy's generators in forward (LayerDrop, stochastic depth)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn, self.b = nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import random
+
+        h = torch.relu(self.bn(self.a(x)))
+        noise = torch.empty(8).uniform_() * random.random() * float(np.random.rand())  # noqa: NPY002
+        return self.b(h + noise)
+
+
+@pytest.mark.parametrize("with_batch", [False, True])
+def test_finding_the_weights_does_not_change_the_run(with_batch) -> None:
+    """Detection traces or runs the forward, which draws random numbers: the run must be the same."""
+    import random
+
+    def run(watch: bool) -> tuple[list[torch.Tensor], list[float]]:
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)  # noqa: NPY002
+        model = _DrawsRandomNumbers()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        x = torch.randn(16, 4)
+        mon = SphericalMonitor(model, opt, example_batch=x if with_batch else None) if watch else None
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        if mon is not None:
+            assert [u.name.split("+")[0] for u in mon.units] == ["a.weight"]
+            mon.close()
+        draws = [float(torch.rand(())), random.random(), float(np.random.rand())]  # noqa: NPY002
+        return [p.detach().clone() for p in model.parameters()], draws
+
+    (watched, after_watched), (plain, after_plain) = run(True), run(False)
+    assert all(torch.equal(a, b) for a, b in zip(watched, plain, strict=True))
+    assert after_watched == after_plain

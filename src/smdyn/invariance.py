@@ -175,7 +175,10 @@ def find_scale_invariant(
     root, prefix = _unwrap(model)
     trainable = {n for n, p in root.named_parameters() if p.requires_grad}
     tied = _tied(root)
-    with _preserved(root) if example_batch is not None else contextlib.nullcontext(lambda: None) as reset:
+    with (
+        _random_states_kept(root),
+        _preserved(root) if example_batch is not None else contextlib.nullcontext(lambda: None) as reset,
+    ):
         graph = _graph(root, example_batch)
         found = _from_data_flow(root, graph) if graph is not None else []
         found += _from_weight_norm(root)
@@ -468,12 +471,41 @@ def _from_weight_norm(root: nn.Module) -> list[InvariantParam]:
 
 # ------------------------------------------------------------------------------------------ numerics
 @contextlib.contextmanager
+def _random_states_kept(root: nn.Module) -> Iterator[None]:
+    """torch's, Python's and numpy's random states as they were: a traced or probed forward that draws
+    random numbers (dropout, LayerDrop, ``random.random()``) must not change the user's run."""
+    restore = _host_random_states()
+    devices = sorted({t.device.index or 0 for t in root.parameters() if t.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices, device_type="cuda"):
+            yield
+    finally:
+        restore()
+
+
+def _host_random_states() -> Callable[[], None]:
+    """Python's and numpy's global random states now; the returned call puts them back."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()  # noqa: NPY002 (the global state user code draws from)
+
+    def restore() -> None:
+        random.setstate(py)
+        np.random.set_state(npy)  # noqa: NPY002
+
+    return restore
+
+
+@contextlib.contextmanager
 def _preserved(root: nn.Module) -> Iterator[Callable[[], None]]:
     """Restore parameters, buffers, gradients and RNG state on exit; yield a reset for before each forward."""
     tensors = {id(t): t for t in [*root.parameters(), *root.buffers()]}.values()
     saved = [(t, t.detach().clone()) for t in tensors]
     grads = [(p, p.grad, None if p.grad is None else p.grad.clone()) for p in root.parameters()]
     devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    host_random = _host_random_states()
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
         cpu_rng = torch.get_rng_state()
         cuda_rng = [torch.cuda.get_rng_state(d) for d in devices]
@@ -483,6 +515,7 @@ def _preserved(root: nn.Module) -> Iterator[Callable[[], None]]:
                 for t, s in saved:
                     t.copy_(s)
             torch.set_rng_state(cpu_rng)  # same dropout masks in every pass
+            host_random()
             for d, s in zip(devices, cuda_rng, strict=True):
                 torch.cuda.set_rng_state(s, d)
 
