@@ -294,3 +294,31 @@ def test_finding_the_weights_does_not_change_the_run(with_batch) -> None:
     (watched, after_watched), (plain, after_plain) = run(True), run(False)
     assert all(torch.equal(a, b) for a, b in zip(watched, plain, strict=True))
     assert after_watched == after_plain
+
+
+def test_lr_events_stay_bounded_and_the_count_of_older_ones_survives_a_resume(monkeypatch) -> None:
+    """An lr that moves every step (a cyclic schedule, a continuous Rescaler) logs an event a step."""
+    from smdyn import Rescaler, _event_log
+
+    monkeypatch.setattr(_event_log, "MAX_EVENTS", 20)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    mon = SphericalMonitor(model, opt, params=["0.weight"], every=10**9, history_rows=0)
+    rescaler = Rescaler(opt, ["0.weight"], model, mode="continuous")
+    model(torch.randn(4, 8)).square().mean().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(60):
+            opt.param_groups[0]["lr"] = 0.1 if i % 2 else 0.2
+            opt.step()
+    for log, count in ((mon.events, 59), (rescaler.events, 60)):
+        assert len(log) == 20 and log.dropped == count - 20
+        assert log[-1]["step"] == 59 and log[0]["step"] == 59 - 19
+    assert sum("latest 20 events" in str(w.message) for w in caught) == 2  # once for each
+    resumed = SphericalMonitor(model, opt, params=["0.weight"], every=10**9, history_rows=0)
+    resumed.load_state_dict(mon.state_dict())
+    assert resumed.events == mon.events and resumed.events.dropped == 39
+    rescaler.close()
+    again = Rescaler(opt, ["0.weight"], model, mode="continuous")
+    again.load_state_dict(rescaler.state_dict())
+    assert again.events == rescaler.events and again.events.dropped == 40

@@ -95,6 +95,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 from smdyn import _control
+from smdyn._event_log import EventLog
 from smdyn._params import parse_params
 from smdyn._rescale_rule import LrRule as _LrRule
 from smdyn._rescale_rule import check_rule_args as _check_rule_args
@@ -345,7 +346,8 @@ class Rescaler:
     Attributes:
         events: one dict per logged event: ``step``, ``group``, ``lr_before``, ``lr_after``, ``r``,
             ``factor`` (applied to the weights now: < 1 after a decrease, > 1 after an increase),
-            ``cumulative``, ``action`` (``rescaled``, ``floored`` or ``skipped``), ``last_step``.
+            ``cumulative``, ``action`` (``rescaled``, ``floored`` or ``skipped``), ``last_step``. The latest
+            10,000 (continuous mode logs one a step); ``events.dropped`` counts the older ones.
         step: optimizer steps seen.
 
     Raises:
@@ -398,7 +400,7 @@ class Rescaler:
                 "(~2^-9 relative for bfloat16), a direction change comparable to the angular update itself",
                 stacklevel=2,
             )
-        self.events: list[dict[str, Any]] = []
+        self.events = EventLog(owner="smdyn Rescaler")
         self.step = 0
         # One control per weight: refused where CorrectedWeightDecay or RotationController holds one.
         _control.claim(optimizer, [t for u in self._units for t in u.tensors], self, "Rescaler")
@@ -538,6 +540,7 @@ class Rescaler:
             "units": self.names,
             "groups": {gi: rule.state() for gi, rule in self._rules.items()},
             "events": [dict(e) for e in self.events],
+            "dropped_events": self.events.dropped,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -559,7 +562,11 @@ class Rescaler:
         for gi, rule in self._rules.items():
             rule.load(groups[gi])
         self.step = int(state["step"])
-        self.events = [dict(e) for e in state["events"]]
+        self.events = EventLog(
+            (dict(e) for e in state["events"]),
+            dropped=int(state.get("dropped_events", 0)),
+            owner="smdyn Rescaler",
+        )
 
     def close(self) -> None:
         """Remove the hook; later lr changes are not followed. Safe to call twice."""

@@ -403,7 +403,8 @@ class SphericalMonitor:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Learning-rate changes of 5% or more: step, group, lr before and after, Corollary 3.1 lag."""
+        """Learning-rate changes of 5% or more: step, group, lr before and after, Corollary 3.1 lag (the
+        latest 10,000; ``events.dropped`` counts the older ones)."""
         return self._lr.events
 
     @property

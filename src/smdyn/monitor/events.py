@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from smdyn import theory
+from smdyn._event_log import EventLog
 from smdyn.monitor.windows import RESTART
 from smdyn.rules import group_lr, rule_for
 
@@ -20,7 +21,7 @@ class LrEvents:
     """Watches each param group's learning rate; a continuous schedule logs an event every 5% of change."""
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events = EventLog(owner="smdyn monitor")
         self.last: list[float] = []  # lr at the previous step, per group
         self.ref: list[float] = []  # lr at the last event, per group
 
@@ -65,9 +66,14 @@ class LrEvents:
             "last_lr": list(self.last),
             "event_lr": list(self.ref),
             "events": [dict(e) for e in self.events],
+            "dropped_events": self.events.dropped,
         }
 
     def load(self, state: Mapping[str, Sequence[Any]]) -> None:
         self.last = [float(x) for x in state["last_lr"]]
         self.ref = [float(x) for x in state["event_lr"]]
-        self.events = [dict(e) for e in state["events"]]
+        self.events = EventLog(
+            (dict(e) for e in state["events"]),
+            dropped=int(state.get("dropped_events", 0)),
+            owner="smdyn monitor",
+        )
