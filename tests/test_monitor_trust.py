@@ -322,3 +322,30 @@ def test_lr_events_stay_bounded_and_the_count_of_older_ones_survives_a_resume(mo
     again = Rescaler(opt, ["0.weight"], model, mode="continuous")
     again.load_state_dict(rescaler.state_dict())
     assert again.events == rescaler.events and again.events.dropped == 40
+
+
+def test_kept_buffers_follow_the_weights_of_the_last_step_not_every_set_ever_seen() -> None:
+    """Top-k experts: a different set of weights has gradients each step. The monitor keeps CPU buffers
+    between recorded steps; they must stay those of the last step, not grow with every set seen."""
+    import itertools
+
+    experts = nn.ModuleList(nn.Linear(8, 8, bias=False) for _ in range(5))
+    norm = nn.LayerNorm(8)
+    model = nn.ModuleDict({"experts": experts, "norm": norm})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    names = [f"experts.{i}.weight" for i in range(5)]
+    subsets = list(itertools.combinations(range(5), 2))  # 10 different sets of two
+    kept = []
+    with SphericalMonitor(model, opt, params=names) as mon:
+        for step in range(2 * len(subsets)):
+            x = torch.randn(4, 8)
+            loss = sum(norm(experts[i](x)).square().mean() for i in subsets[step % len(subsets)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            kept.append(sum(t.numel() for t in mon._buffers._kept.values()))
+    one_step = max(kept[:1])
+    assert max(kept) <= 3 * one_step, kept
+    assert np.isfinite(
+        mon.history()["angular_update"][~np.isin(mon.history()["reason_code"], ["no_grad"])]
+    ).all()

@@ -105,6 +105,8 @@ def measure_step(
 
     ``buffers`` keeps the snapshots and stacked copies from one recorded step to the next (on the CPU).
     """
+    if buffers is not None:
+        buffers.new_step()
     out = StepMeasurement(buffers=buffers)
     groups: dict[tuple, list[Item]] = {}
     # whole tensors measured one at a time whose rows are assembled together, by dtype, device and buffer

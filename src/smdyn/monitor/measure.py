@@ -128,19 +128,29 @@ class Buffers:
 
     def __init__(self) -> None:
         self._kept: dict[object, torch.Tensor] = {}
+        self._used: set[object] = set()
 
     def get(self, key: object, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised tensor of this shape, dtype and device: on CPU the same one for one key."""
         if device.type != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
+        self._used.add(key)
         t = self._kept.get(key)
         if t is None or t.shape != shape or t.dtype != dtype:
             t = torch.empty(shape, dtype=dtype, device=device)
             self._kept[key] = t
         return t
 
+    def new_step(self) -> None:
+        """Free what the last recorded step did not use: a model whose set of weights with a gradient
+        changes (top-k experts) would otherwise keep a buffer for every set it ever had."""
+        for key in self._kept.keys() - self._used:
+            del self._kept[key]
+        self._used = set()
+
     def clear(self) -> None:
         self._kept.clear()
+        self._used = set()
 
 
 def snapshot(w: torch.Tensor, buffers: Buffers | None = None, key: object = None) -> torch.Tensor:
