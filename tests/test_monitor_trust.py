@@ -349,3 +349,44 @@ def test_kept_buffers_follow_the_weights_of_the_last_step_not_every_set_ever_see
     assert np.isfinite(
         mon.history()["angular_update"][~np.isin(mon.history()["reason_code"], ["no_grad"])]
     ).all()
+
+
+def test_a_weight_the_theory_cannot_cover_loses_only_its_own_rows() -> None:
+    """A zero-element weight: AdamW's w* refuses numel 0. That must not turn the other rows NaN."""
+
+    class _WithEmpty(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.empty = nn.Parameter(torch.zeros(8, 0))
+            self.a, self.ln, self.head = nn.Linear(4, 8, bias=False), nn.LayerNorm(8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.ln(self.a(x) + x[:, :0] @ self.empty.T))
+
+    model = _WithEmpty()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    with SphericalMonitor(model, opt, params=["empty", "a.weight"]) as mon:
+        _train_on(model, opt, 3, features=4)
+    h = mon.history()
+    empty, a = h["param"] == "empty", h["param"] == "a.weight"
+    assert set(h["reason_code"][empty]) == {"zero_norm"}
+    assert set(h["reason_code"][a]) <= {"", "rotation_excess"}
+    assert np.isfinite(h["angular_update"][a]).all() and np.isfinite(h["theory_weight_norm"][a]).all()
+
+
+def _train_on(model: nn.Module, opt: torch.optim.Optimizer, steps: int, features: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.randn(4, features, generator=g)).square().mean().backward()
+        opt.step()
+
+
+def test_complex_parameters_are_refused_by_name() -> None:
+    """Its dot products would not conjugate: a wrong Δ with no reason. Refused when attaching instead."""
+    w = nn.Parameter(torch.randn(8, 4, dtype=torch.cfloat))
+    model = nn.Module()
+    model.w = w
+    opt = torch.optim.AdamW([w], lr=1e-2, weight_decay=0.1)
+    with pytest.raises(ValueError, match="w: complex parameters are not supported"):
+        SphericalMonitor(model, opt, params=["w"])

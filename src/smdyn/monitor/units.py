@@ -39,6 +39,11 @@ class Unit:
 def make_unit(
     name: str, tensors: list[nn.Parameter], per_channel: bool, norms: Sequence[nn.Module] = ()
 ) -> Unit:
+    if any(t.is_complex() for t in tensors):
+        raise ValueError(
+            f"{name}: complex parameters are not supported (the sphere is that of the real and imaginary "
+            "parts; measure torch.view_as_real of the weight yourself)"
+        )
     if per_channel and any(is_sharded(t) for t in tensors):
         raise ValueError(f"{name}: granularity='channel' is not supported for sharded (DTensor) parameters")
     rows = tensors[0].shape[0] if per_channel and tensors[0].dim() >= 1 else 1
@@ -55,6 +60,9 @@ def from_found(model: nn.Module, found: list[Any], per_channel: bool) -> list[Un
     modules = dict(model.named_modules())
     units = []
     for f in found:
+        if any(named[n].is_complex() for n in f.params):
+            warnings.warn(f"{f.name}: complex parameters are not monitored (see make_unit)", stacklevel=4)
+            continue
         norms = [modules[n] for n in f.norm.split(",") if n in modules and f.kind != "weight_norm"]
         units.append(make_unit(f.name, [named[n] for n in f.params], per_channel and f.per_channel, norms))
     return units

@@ -63,12 +63,18 @@ def step_theory(
     ok = valid & (wd > 0)
     for rule in distinct_rules([rules[i] for i in np.flatnonzero(ok)]):
         sel = ok & same_rule(rules, rule)
-        star[sel] = rule.angular_update(lr[sel], wd[sel], mom[sel])
-        relax[sel] = rule.relaxation_steps(lr[sel], wd[sel], mom[sel])
-        if rule.family == "sgd":  # w* needs L, estimated from the gradients (records.build)
-            grad_ratio[sel] = sgd_grad_to_weight_ratio(rule, lr[sel], wd[sel], mom[sel])
-        else:  # decoupled rules: w* from the update's own size (AdamW, Lion, Muon), NaN where not derived
-            norm[sel] = rule.equilibrium_norm(lr[sel], wd[sel], mom[sel], row_numel)
+        a, b, m = lr[sel], wd[sel], mom[sel]
+        try:  # a registered rule's closed forms, or a weight they do not cover, may raise: only its rows lose
+            values = (rule.angular_update(a, b, m), rule.relaxation_steps(a, b, m))
+            if rule.family == "sgd":  # w* needs L, estimated from the gradients (records.build)
+                values += (sgd_grad_to_weight_ratio(rule, a, b, m),)
+            else:  # decoupled rules: w* from the update's own size (AdamW, Lion, Muon), NaN where not derived
+                values += (rule.equilibrium_norm(a, b, m, row_numel),)
+        except Exception as exc:
+            code[sel], note[sel] = "no_theory", f"the rule's closed form failed for this weight: {exc!r}"
+            continue
+        star[sel], relax[sel] = values[0], values[1]
+        (grad_ratio if rule.family == "sgd" else norm)[sel] = values[2]
     return {
         "angular_update": star,
         "relaxation_steps": relax,
