@@ -134,9 +134,9 @@ def _train(opt_name: str, fault: str, monitored: bool) -> tuple[dict[str, torch.
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if fault == "scaler_skip" else None
     trace = _Trace()
     mon = None
-    if monitored:
-        mon = SphericalMonitor(model, opt, flush_every=3, window=4)
+    if monitored:  # the reference first: a pre-hook registered after the monitor costs its first step's rows
         _attach_reference(opt, model, trace)
+        mon = SphericalMonitor(model, opt, flush_every=3, window=4)
     gen = torch.Generator().manual_seed(1)
     for step in range(_STEPS):
         x = torch.randn(16, 16, generator=gen).to(dtype)

@@ -174,20 +174,28 @@ def test_group_added_mid_run_and_state_of_another_optimizer_is_refused() -> None
 
 
 def test_a_pre_hook_registered_later_runs_before_the_measurement_from_the_next_step() -> None:
-    """Clipping in a step pre-hook: the monitor measures the clipped gradient."""
+    """Clipping in a step pre-hook: the monitor measures the clipped gradient. On the step the hook first
+    runs after the monitor's, the gradient the monitor would see is not the one applied: NaN, with why."""
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
     seen = []
-    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
-        opt.register_step_pre_hook(
-            lambda o, a, k: [nn.utils.clip_grad_norm_(model.parameters(), 1e-3)][:0] or None
-        )
-        opt.register_step_pre_hook(lambda o, a, k: seen.append(float(model[0].weight.grad.norm())))
-        _train(model, opt, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+            _train(model, opt, 1)
+            opt.register_step_pre_hook(
+                lambda o, a, k: [nn.utils.clip_grad_norm_(model.parameters(), 1e-3)][:0] or None
+            )
+            opt.register_step_pre_hook(lambda o, a, k: seen.append(float(model[0].weight.grad.norm())))
+            _train(model, opt, 4)
+            with SphericalMonitor(model, opt, params=["0.weight"]):  # another monitor after it: only reads
+                _train(model, opt, 2)
     h = mon.history()
-    norm = h["weight_norm"]
-    measured = np.sqrt(h["unit_grad_sq"]) / norm
-    np.testing.assert_allclose(measured[1:], seen[1:], rtol=1e-5)
+    assert list(h["reason_code"]) == ["", "not_measured", "", "", "", "", ""]
+    assert "<lambda> ran after the monitor's measurement point" in h["reason"][1]
+    assert sum("did not measure step 1" in str(w.message) for w in caught) == 1
+    measured = np.sqrt(h["unit_grad_sq"]) / h["weight_norm"]
+    np.testing.assert_allclose(measured[2:], seen[1:], rtol=1e-5)
 
 
 def test_every_callable_that_raises_never_reaches_the_training_loop() -> None:

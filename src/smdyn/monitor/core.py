@@ -204,7 +204,7 @@ class SphericalMonitor:
         self._current = None
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._before_step()
+            self._before_step(_runs_after_me(optimizer, self._handles[0].id))
             return None
         calls = [0]
 
@@ -219,7 +219,9 @@ class SphericalMonitor:
             return args, {**kwargs, "closure": measured_closure}
         return (args[0], measured_closure, *args[2:]), kwargs
 
-    def _before_step(self) -> None:
+    def _before_step(self, hook_after: str = "") -> None:
+        """``hook_after``: a step pre-hook that runs after this one this step (registered later; it is moved
+        behind after the step): the gradient it leaves is not the one measured now, so nothing is."""
         recording = False
         try:
             if self._capture is not None:
@@ -227,7 +229,12 @@ class SphericalMonitor:
             self._sync_groups()
             self._lr.watch(self.optimizer, self.step)
             recording = self._recording(self.step)
-            if recording:
+            if recording and hook_after:
+                why = f"step pre-hook {hook_after} ran after the monitor's measurement point (from the next "
+                why += "step on it runs before it)"
+                self._warn_once("order", f"smdyn monitor did not measure step {self.step}: {why}")
+                self._not_measured.append((self.step, why))
+            elif recording:
                 with torch.no_grad():  # a gradient made with create_graph=True must not record a graph
                     self._measure_before()
         except Exception as exc:  # never break the user's training step
@@ -547,6 +554,19 @@ def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _runs_after_me(optimizer: torch.optim.Optimizer, key: int) -> str:
+    """The name of a step pre-hook registered after the monitor's (other monitors aside, which only read),
+    or ''."""
+    hooks = getattr(optimizer, "_optimizer_step_pre_hooks", None)
+    if not isinstance(hooks, OrderedDict) or key not in hooks or next(reversed(hooks)) == key:
+        return ""
+    later = list(hooks.values())[list(hooks).index(key) + 1 :]
+    for h in later:
+        if not isinstance(getattr(h, "__self__", None), SphericalMonitor):
+            return getattr(h, "__qualname__", type(h).__name__)
+    return ""
 
 
 def _keep_last(hooks: Any, key: int) -> None:
