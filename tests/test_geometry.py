@@ -488,7 +488,7 @@ def test_gram_blocks_keep_the_known_update_angle_within_1e_minus_6(n: int) -> No
         raw = np.full((1, 1, NRAW), np.nan)
         for value, key in zip(gram([w, g, v]).numpy(), ("ww", "gg", "vv", "wg", "wv", "gv"), strict=True):
             raw[0, 0, I[key]] = value
-        got = known_update_angle([raw], [np.array([[lr * wd, lr, lr * mu]])])[0, 0]
+        got = known_update_angle([raw], [np.array([[lr * wd, lr, lr * mu]])])[0][0, 0]
         w64, g64, v64 = (_np(t).astype(np.float64) for t in (w, g, v))
         after = w64 - lr * (mu * v64 + g64 + wd * w64)
         a, b = w64 / np.linalg.norm(w64), after / np.linalg.norm(after)

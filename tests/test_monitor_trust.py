@@ -398,3 +398,22 @@ def test_complex_parameters_are_refused_by_name() -> None:
     opt = torch.optim.AdamW([w], lr=1e-2, weight_decay=0.1)
     with pytest.raises(ValueError, match="w: complex parameters are not supported"):
         SphericalMonitor(model, opt, params=["w"])
+
+
+def test_a_known_update_too_radial_to_resolve_is_nan_with_a_reason_not_a_wrong_angle() -> None:
+    """A weight that is not scale-invariant, its gradient almost along it: the tangential part of the SGD
+    step is ~1e-6 of it, below what the float32 Gram of (w, g, v) resolves (it read Δ 19% off)."""
+    torch.manual_seed(0)
+    w, u = nn.Parameter(torch.randn(100_000)), torch.randn(100_000)
+    model = nn.Module()
+    model.w = w
+    opt = torch.optim.SGD([w], lr=0.1)
+    with SphericalMonitor(model, opt, params=["w"]) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            (0.5 * (w @ w) + 1e-3 * (u @ w)).backward()
+            opt.step()
+    h = mon.history()
+    assert list(h["reason_code"]) == ["radial_step"] * 3
+    assert np.isnan(h["angular_update"]).all() and np.isnan(h["theory_angular_update"]).all()
+    assert np.isfinite(h["weight_norm"]).all() and (h["grad_cosine"] > 0.99).all()

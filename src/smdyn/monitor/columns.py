@@ -64,6 +64,10 @@ REASONS = {
     "norm_frozen": (
         "its normalization uses running statistics (eval mode): the weight is not scale-invariant this step"
     ),
+    "radial_step": (
+        "the step is almost all along the weight (is it scale-invariant?): its tangential part is below what "
+        "the Gram matrix of (w, g, v) resolves, so Δ is not given"
+    ),
     "below_resolution": (
         "most elements did not move: the step is below the resolution of the weight's floating-point format"
     ),

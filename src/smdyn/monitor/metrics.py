@@ -20,8 +20,15 @@ def _total(parts: list[np.ndarray], name: str) -> np.ndarray:
     return sum(_col(p, name) for p in parts)
 
 
-def known_update_angle(parts: list[np.ndarray], coeffs: list[np.ndarray]) -> np.ndarray:
-    """Δ from the Gram matrix of (w, g, v) before the step and d = a·w + b·g + c·v (docs/design.md §2).
+#: Below this tangential share ‖d⊥‖²/‖d‖² of a known update, the float32-accumulated Gram of (w, g, v)
+#: (relative error ~1e-6) no longer resolves ‖d⊥‖² to 0.1%: Δ is NaN, ``radial_step``. A scale-invariant
+#: weight's step is mostly tangential (its decay part is ~Δ/2 of it); the snapshot path projects exactly.
+RADIAL_LIMIT = 1e-3
+
+
+def known_update_angle(parts: list[np.ndarray], coeffs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Δ from the Gram matrix of (w, g, v) before the step and d = a·w + b·g + c·v (docs/design.md §2), and
+    where it is not resolved (``RADIAL_LIMIT``).
 
     The weight-decay term a·w is radial, so when every tensor of the unit shares a, the tangential part comes
     from e = b·g + c·v alone and never suffers the cancellation of ‖d‖² − ⟨d,ŵ⟩².
@@ -38,7 +45,8 @@ def known_update_angle(parts: list[np.ndarray], coeffs: list[np.ndarray]) -> np.
     same_a = np.all([k[:, :1] == coeffs[0][:, :1] for k in coeffs], axis=0)
     perp = np.where(same_a, ee - ew**2 / ww, dd - dw**2 / ww)
     norm = np.sqrt(ww)
-    return np.arctan2(np.sqrt(np.maximum(perp, 0.0)), norm - dw / norm)
+    delta = np.arctan2(np.sqrt(np.maximum(perp, 0.0)), norm - dw / norm)
+    return delta, perp < RADIAL_LIMIT * np.where(same_a, ee, dd)
 
 
 def snapshot_angle(parts: list[np.ndarray]) -> np.ndarray:
@@ -83,7 +91,9 @@ def unit_metrics(
     ww, gg, wg, gv = (_total(parts, k) for k in ("ww", "gg", "wg", "gv"))
     with np.errstate(invalid="ignore", divide="ignore"):
         is_known = np.all([np.isfinite(k).all(axis=1, keepdims=True) for k in coeffs], axis=0)
-        delta = np.where(is_known, known_update_angle(parts, coeffs), snapshot_angle(parts))
+        known, radial = known_update_angle(parts, coeffs)
+        radial &= is_known
+        delta = np.where(radial, np.nan, np.where(is_known, known, snapshot_angle(parts)))
         h = (gg + 2 * momentum[:, None] * gv) * ww if with_h else np.full_like(ww, np.nan)
         unmoved = np.where(is_known, np.nan, _total(parts, "unmoved") / row_numel)
         return {
@@ -95,4 +105,5 @@ def unit_metrics(
             "grad_cosine": wg / np.sqrt(ww * gg),
             "unmoved_fraction": unmoved,
             "grad_to_weight_ratio": np.sqrt(gg / ww),
+            "radial_step": radial,  # not a column: for the row's reason
         }

@@ -136,7 +136,9 @@ def row_reasons(
             (skipped > 0, "skipped"),
             (~np.isfinite(ww), "nonfinite_weight"),
             (ww == 0, "zero_norm"),
-            (~finite_grad | ~np.isfinite(m["angular_update"]), "nonfinite_grad"),
+            (~finite_grad, "nonfinite_grad"),
+            (m["radial_step"], "radial_step"),
+            (~np.isfinite(m["angular_update"]), "nonfinite_grad"),
             (host == "norm_frozen", "norm_frozen"),
             ((m["unmoved_fraction"] > _BELOW_RESOLUTION) & (lr[:, None] > 0), "below_resolution"),
         ]
