@@ -417,3 +417,39 @@ def test_a_known_update_too_radial_to_resolve_is_nan_with_a_reason_not_a_wrong_a
     assert list(h["reason_code"]) == ["radial_step"] * 3
     assert np.isnan(h["angular_update"]).all() and np.isnan(h["theory_angular_update"]).all()
     assert np.isfinite(h["weight_norm"]).all() and (h["grad_cosine"] > 0.99).all()
+
+
+def test_a_weight_and_bias_in_groups_with_different_settings_get_no_theory_but_a_true_angle() -> None:
+    """ "No weight decay on biases": Linear → LayerNorm is scale-invariant in (weight, bias) jointly, but the
+    two follow different (lr, λ): no single equilibrium. The angle is still the one taken."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    weight, bias = model[0].weight, model[0].bias
+    rest = [model[1].weight, model[1].bias, model[2].weight, model[2].bias]
+    opt = torch.optim.SGD(
+        [
+            {"params": [weight], "weight_decay": 5e-4},
+            {"params": [bias, *rest], "weight_decay": 0.0, "lr": 0.01},
+        ],
+        lr=0.1,
+        momentum=0.9,
+    )
+    angles = []
+    with SphericalMonitor(model, opt, params=["0.weight+0.bias"]) as mon:
+        for t in range(3):
+            opt.zero_grad()
+            model(torch.randn(16, 4, generator=torch.Generator().manual_seed(t))).square().mean().backward()
+            before = torch.cat([weight.detach().flatten(), bias.detach()]).double()
+            opt.step()
+            after = torch.cat([weight.detach().flatten(), bias.detach()]).double()
+            angles.append(
+                math.atan2(
+                    float(torch.linalg.norm(before / before.norm() - after / after.norm())),
+                    float(torch.linalg.norm(before / before.norm() + after / after.norm())),
+                )
+                * 2
+            )
+    h = mon.history()
+    assert set(h["reason_code"]) == {"mixed_groups"}
+    assert np.isnan(h["theory_angular_update"]).all()
+    np.testing.assert_allclose(h["angular_update"], angles, rtol=1e-5)

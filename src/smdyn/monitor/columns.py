@@ -64,6 +64,10 @@ REASONS = {
     "norm_frozen": (
         "its normalization uses running statistics (eval mode): the weight is not scale-invariant this step"
     ),
+    "mixed_groups": (
+        "the unit's tensors (a weight and its bias) are in param groups with different lr, weight decay, "
+        "momentum or rule: there is no one equilibrium to compare with"
+    ),
     "radial_step": (
         "the step is almost all along the weight (is it scale-invariant?): its tangential part is below what "
         "the Gram matrix of (w, g, v) resolves, so Δ is not given"

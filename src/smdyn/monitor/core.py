@@ -333,15 +333,17 @@ class SphericalMonitor:
                     g = t.grad if shape_key is not None else measure.local(t.grad)
                     no_grad = no_grad or g is None
                 v = None
-                if rule.buffer and g is not None:
+                if rules[gi].buffer and g is not None:
                     st = state.get(t)
-                    v = None if st is None else measure.local(st.get(rule.buffer))
+                    v = None if st is None else measure.local(st.get(rules[gi].buffer))
                 known = g is not None and with_coeffs[gi] and t.dtype in _EXACT_FORMATS
                 known = known and id(t) not in turned
                 coeffs.append(coefficients(gi, v is not None) if known else None)
                 snap = g is not None and not known
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, snap, shape_key))
             code = "frozen" if frozen else "no_grad" if no_grad else "norm_frozen" if u.norm_frozen() else ""
+            if not code and any(rules[p[3]] != rule or hparams[p[3]] != hparams[gi0] for p in placed[1:]):
+                code = "mixed_groups"  # a weight and its bias under different settings: no one equilibrium
             key = (gi0, code, tuple(map(id, coeffs)))  # coefficients are one object per (group, buffer)
             if key not in shared:
                 shared[key] = records.UnitStep(*hparams[gi0], rule, tuple(coeffs), code)

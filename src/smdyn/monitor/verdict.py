@@ -17,7 +17,7 @@ from smdyn.monitor.columns import REASONS
 from smdyn.rules import Rule
 
 #: Codes decided on the host when the step is measured (before any device value is known).
-HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "norm_frozen")
+HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "norm_frozen", "mixed_groups")
 _BELOW_RESOLUTION = 0.5  # fraction of elements that did not move beyond which the step is not the rule's
 
 
@@ -140,6 +140,7 @@ def row_reasons(
             (m["radial_step"], "radial_step"),
             (~np.isfinite(m["angular_update"]), "nonfinite_grad"),
             (host == "norm_frozen", "norm_frozen"),
+            (host == "mixed_groups", "mixed_groups"),
             ((m["unmoved_fraction"] > _BELOW_RESOLUTION) & (lr[:, None] > 0), "below_resolution"),
         ]
     code = np.select([c for c, _ in conds], [k for _, k in conds], default="")
