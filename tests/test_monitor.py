@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import warnings
@@ -373,6 +374,36 @@ def test_auto_detection_from_the_first_forward_pass_when_fx_fails() -> None:
     # detection ran its own forward passes but left training bit-identical to an unmonitored run
     for (n, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b), n
+
+
+def test_a_monitor_that_finds_its_weights_late_resumes_like_one_never_stopped() -> None:
+    """load_state_dict before the first step, when the weights are only known from that step's forward."""
+    torch.manual_seed(0)
+    model = _Untraceable()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    batches = _batches(6)
+
+    def train(mon_model: nn.Module, o: torch.optim.Optimizer, part: list) -> None:
+        for x, y in part:
+            o.zero_grad()
+            nn.functional.cross_entropy(mon_model(x), y).backward()
+            o.step()
+
+    whole = copy.deepcopy(model)
+    whole_opt = torch.optim.SGD(whole.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    with SphericalMonitor(whole, whole_opt, window=4) as straight:
+        train(whole, whole_opt, batches)
+    with SphericalMonitor(model, opt, window=4) as first:
+        train(model, opt, batches[:3])
+    saved = first.state_dict()
+    with SphericalMonitor(model, opt, window=4) as resumed:
+        resumed.load_state_dict(saved)
+        assert resumed.step == 3
+        train(model, opt, batches[3:])
+    a, b = resumed.history(), straight.history()
+    assert list(a["step"]) == [3, 4, 5]
+    for column in ("angular_update", "angular_update_rms", "weight_norm"):
+        np.testing.assert_allclose(a[column], b[column][3:], rtol=1e-12)
 
 
 def test_continuous_schedule_restarts_the_window_only_after_a_5_percent_move() -> None:

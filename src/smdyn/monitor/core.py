@@ -103,6 +103,7 @@ class SphericalMonitor:
         self._plan: list[Any] | None = None  # _unit_plan of the units and param groups
         self._rules: dict[int, Rule] = {}  # param group → its rule at the last recorded step
         self._first_batch: Any = None
+        self._deferred_state: dict[str, Any] | None = None  # load_state_dict before the weights are known
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
         self._current: tuple[int, list[records.UnitStep], batch.StepMeasurement] | None = None
@@ -180,6 +181,12 @@ class SphericalMonitor:
         batch, self._first_batch = self._first_batch, None
         found = [] if batch is None else find_scale_invariant(self.model, batch, self.loss_fn)
         self._set_units(from_found(self.model, found, self.granularity == "channel"))
+        state, self._deferred_state = self._deferred_state, None
+        if state is not None:
+            try:
+                self.load_state_dict(state)
+            except (ValueError, KeyError) as exc:
+                self._warn_once("resume", f"smdyn monitor could not restore its saved state: {exc}")
 
     # ------------------------------------------------------------------ hooks
 
@@ -452,7 +459,15 @@ class SphericalMonitor:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a state of other parameters or param groups is refused, named."""
+        """Restore :meth:`state_dict`; a state of other parameters or param groups is refused, named.
+
+        A monitor whose weights are found from the first forward pass (a model fx cannot trace) takes the
+        step count now and checks and restores the rest once it knows its weights.
+        """
+        if self._capture is not None and not self.units:
+            self._deferred_state = dict(state)
+            self.step = int(state["step"])
+            return
         names = [u.name for u in self.units]
         if list(state["units"]) != names or list(state["rows"]) != [u.rows for u in self.units]:
             raise ValueError(
