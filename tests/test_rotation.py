@@ -288,3 +288,22 @@ def test_the_monitor_measures_the_turned_step(momentum: float) -> None:
     star = _sgd_star(0.1, 5e-3, momentum)
     for got in h["angular_update"]:
         assert got == pytest.approx(star, rel=1e-5)
+
+
+def test_a_monitor_says_it_cannot_see_a_turn_made_after_step_returns() -> None:
+    """hook=False: after_step() runs after the monitor's post-hook, which would report the inner step."""
+    from smdyn import SphericalMonitor
+
+    model = _net(width=16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-3)
+    rc = RotationController(list(zip(INVARIANT, _invariant(model), strict=True)), opt, hook=False)
+    with SphericalMonitor(model, opt, params=list(INVARIANT)) as mon:
+        for t in range(3):
+            opt.zero_grad()
+            _loss(model, t).backward()
+            rc.before_step()
+            opt.step()
+            rc.after_step()
+    h = mon.history()
+    assert set(h["reason_code"]) == {"turned_after_step"}
+    assert all(math.isnan(x) for x in h["angular_update"])

@@ -108,6 +108,15 @@ def held_by(optimizer: torch.optim.Optimizer, kinds: Iterable[str]) -> frozenset
     return frozenset(pid for pid, held in marks.items() if any(k in kinds and ref() for k, ref in held))
 
 
+def moved_after_hooks(optimizer: torch.optim.Optimizer) -> frozenset[int]:
+    """Ids of the parameters a live control moves only after ``step()`` returns (``hooked`` False): a
+    post-hook sees the inner optimizer's step, not the one applied."""
+    marks = getattr(optimizer, _ATTR, None) or {}
+    return frozenset(
+        pid for pid, held in marks.items() if any(getattr(ref(), "hooked", True) is False for _, ref in held)
+    )
+
+
 def controller_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> str | None:
     """The kind of a live control that holds ``tensor`` (``"RotationController"``...), or None."""
     return next((k for k, ref in (getattr(optimizer, _ATTR, None) or {}).get(id(tensor), []) if ref()), None)

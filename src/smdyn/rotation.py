@@ -119,6 +119,7 @@ class RotationController:
         self.step = 0
         self._closed = False
         self._handles: list[Any] = []
+        self.hooked = bool(hook)  # False: the turn comes after step() returns, after every post-hook
         _control.claim(optimizer, [p for u in self._units for p in u.tensors], self, "RotationController")
         if hook:
             pre = optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.before_step())

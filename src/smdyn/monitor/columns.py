@@ -57,6 +57,10 @@ REASONS = {
     "frozen": "frozen parameter (requires_grad=False)",
     "not_in_optimizer": "parameter is not in the optimizer's param groups",
     "no_grad": "no gradient this step (p.grad is None)",
+    "turned_after_step": (
+        "a RotationController with hook=False turns this weight after step() returns, after the monitor's "
+        "hooks: the step applied is not seen (use hook=True)"
+    ),
     "skipped": "step skipped by the gradient scaler (non-finite gradients): the weights did not move",
     "nonfinite_weight": "non-finite weight",
     "zero_norm": "zero-norm weight: direction undefined",
@@ -99,6 +103,7 @@ MEASUREMENT_LOST = (
     "frozen",
     "not_in_optimizer",
     "no_grad",
+    "turned_after_step",
     "skipped",
     "nonfinite_weight",
     "zero_norm",

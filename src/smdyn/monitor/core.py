@@ -303,6 +303,7 @@ class SphericalMonitor:
         found_inf = getattr(opt, "found_inf", None)
         found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
         turned = _control.held_by(opt, _MOVES_AFTER_STEP)  # weights a control moves after the step
+        unseen = _control.moved_after_hooks(opt)  # ... after step() returns: no hook sees the step applied
         hparams = [r.hparams(g) for r, g in zip(rules, groups, strict=True)]
         with_coeffs = [r.coefficients is not None for r in rules]
         known_coeffs: dict[tuple[int, bool], Any] = {}  # (group, has buffer) → (a, b, c): once per step
@@ -349,6 +350,8 @@ class SphericalMonitor:
                 snap = g is not None and not known
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, snap, shape_key))
             code = "frozen" if frozen else "no_grad" if no_grad else "norm_frozen" if u.norm_frozen() else ""
+            if not code and any(id(p[0]) in unseen for p in placed):
+                code = "turned_after_step"
             if not code and any(rules[p[3]] != rule or hparams[p[3]] != hparams[gi0] for p in placed[1:]):
                 code = "mixed_groups"  # a weight and its bias under different settings: no one equilibrium
             key = (gi0, code, tuple(map(id, coeffs)))  # coefficients are one object per (group, buffer)

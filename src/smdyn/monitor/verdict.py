@@ -17,7 +17,7 @@ from smdyn.monitor.columns import REASONS
 from smdyn.rules import Rule
 
 #: Codes decided on the host when the step is measured (before any device value is known).
-HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "norm_frozen", "mixed_groups")
+HOST_CODES = ("frozen", "not_in_optimizer", "no_grad", "turned_after_step", "norm_frozen", "mixed_groups")
 _BELOW_RESOLUTION = 0.5  # fraction of elements that did not move beyond which the step is not the rule's
 
 
@@ -133,6 +133,7 @@ def row_reasons(
             (host == "frozen", "frozen"),
             (host == "not_in_optimizer", "not_in_optimizer"),
             (host == "no_grad", "no_grad"),
+            (host == "turned_after_step", "turned_after_step"),
             (skipped > 0, "skipped"),
             (~np.isfinite(ww), "nonfinite_weight"),
             (ww == 0, "zero_norm"),
