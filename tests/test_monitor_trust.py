@@ -453,3 +453,15 @@ def test_a_weight_and_bias_in_groups_with_different_settings_get_no_theory_but_a
     assert set(h["reason_code"]) == {"mixed_groups"}
     assert np.isnan(h["theory_angular_update"]).all()
     np.testing.assert_allclose(h["angular_update"], angles, rtol=1e-5)
+
+
+def test_named_weights_feeding_a_batchnorm_in_eval_mode_are_norm_frozen_too() -> None:
+    """Detection knew the BatchNorm of the weights it found; weights named by the user must get it as well."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    with SphericalMonitor(model, opt, params=["0.weight"]) as mon:
+        _train_on(model, opt, 2, features=4)
+        model.eval()
+        _train_on(model, opt, 2, features=4)
+    assert list(mon.history()["reason_code"][2:]) == ["norm_frozen"] * 2

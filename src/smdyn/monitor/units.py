@@ -86,4 +86,30 @@ def resolve(
         else:
             found = find_scale_invariant(model, example_batch, loss_fn)
         return from_found(model, found, per_channel)
-    return [make_unit(label, tensors, per_channel) for label, tensors in parse_params(params, model)]
+    given = parse_params(params, model)
+    norms = _running_stat_norms(model, [t for _, tensors in given for t in tensors])
+    return [make_unit(label, tensors, per_channel, norms.get(id(tensors[0]), ())) for label, tensors in given]
+
+
+def _running_stat_norms(model: nn.Module, tensors: list[nn.Parameter]) -> dict[int, list[nn.Module]]:
+    """For named parameters: the BatchNorm/InstanceNorm with running statistics each feeds, by the data flow
+    (``norm_frozen`` needs them). Only models with such a layer pay for the trace; where it fails, none."""
+    if not any(getattr(m, "running_mean", None) is not None for m in model.modules()):
+        return {}
+    from smdyn.invariance import find_scale_invariant
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = find_scale_invariant(model, probe=False)
+    except Exception:  # detection is a courtesy here: the user named the weights
+        return {}
+    named, modules = dict(model.named_parameters()), dict(model.named_modules())
+    wanted = {id(t) for t in tensors}
+    out: dict[int, list[nn.Module]] = {}
+    for f in found:
+        mods = [modules[n] for n in f.norm.split(",") if n in modules and f.kind != "weight_norm"]
+        for n in f.params:
+            if id(named[n]) in wanted and mods:
+                out.setdefault(id(named[n]), mods)
+    return out
