@@ -448,3 +448,30 @@ def test_a_step_the_gradient_scaler_skips_leaves_the_weights_as_they_were() -> N
         scaler.update()
         same = [torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True)]
         assert all(same) if poison else not any(same[:1])
+
+
+def test_step_with_a_closure_decays_the_weights_the_closure_gives_a_gradient() -> None:
+    """With ``step(closure)`` the gradients exist only once the closure has run: the factor waits for it."""
+    model, reference = _net(), _net()
+    opt, _ = _mixed_adamw(model)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.1)
+    names = dict(reference.named_parameters())
+    for t in range(3):
+
+        def closure(m: nn.Module = model, o: torch.optim.Optimizer = opt, t: int = t) -> torch.Tensor:
+            o.zero_grad(set_to_none=True)
+            loss = _loss(m, t)
+            loss.backward()
+            return loss
+
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt.step(closure)
+        ref_opt.zero_grad(set_to_none=True)
+        _loss(reference, t).backward()
+        with torch.no_grad():  # λ_t = λ/2 by hand: multiply by (1 − ηλ/2)/(1 − ηλ) before the step
+            for n in INVARIANT:
+                names[n].mul_((1 - 0.01 * 0.05) / (1 - 0.01 * 0.1))
+        ref_opt.step()
+        for n, p in model.named_parameters():
+            assert not torch.equal(p, before[n])
+            torch.testing.assert_close(p, names[n], rtol=1e-6, atol=1e-7)

@@ -399,6 +399,8 @@ def test_a_monitor_that_finds_its_weights_late_resumes_like_one_never_stopped() 
     with SphericalMonitor(model, opt, window=4) as resumed:
         resumed.load_state_dict(saved)
         assert resumed.step == 3
+        again = resumed.state_dict()  # saved again before the weights are known: nothing is lost
+        assert again["units"] == saved["units"] and again["windows"].keys() == saved["windows"].keys()
         train(model, opt, batches[3:])
     a, b = resumed.history(), straight.history()
     assert list(a["step"]) == [3, 4, 5]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from smdyn import SphericalMonitor
-from smdyn.monitor import COLUMNS, REASONS, records
+from smdyn.monitor import COLUMNS, REASONS, measure, records
 
 
 def _model() -> nn.Module:
@@ -320,16 +320,18 @@ def test_lr_events_stay_bounded_and_the_count_of_older_ones_survives_a_resume(mo
             opt.param_groups[0]["lr"] = 0.1 if i % 2 else 0.2
             opt.step()
     for log, count in ((mon.events, 59), (rescaler.events, 60)):
-        assert len(log) == 20 and log.dropped == count - 20
-        assert log[-1]["step"] == 59 and log[0]["step"] == 59 - 19
+        assert 20 <= len(log) <= 22 and log.dropped == count - len(log)  # trimmed when an eighth over
+        assert log[-1]["step"] == 59 and log[0]["step"] == 59 - len(log) + 1
     assert sum("latest 20 events" in str(w.message) for w in caught) == 2  # once for each
     resumed = SphericalMonitor(model, opt, params=["0.weight"], every=10**9, history_rows=0)
     resumed.load_state_dict(mon.state_dict())
-    assert resumed.events == mon.events and resumed.events.dropped == 39
+    assert resumed.events == mon.events and resumed.events.dropped == mon.events.dropped
     rescaler.close()
     again = Rescaler(opt, ["0.weight"], model, mode="continuous")
     again.load_state_dict(rescaler.state_dict())
-    assert again.events == rescaler.events and again.events.dropped == 40
+    assert again.events == rescaler.events and again.events.dropped == rescaler.events.dropped
+    too_many = _event_log.EventLog([{"step": i} for i in range(50)])  # a state saved with a larger bound
+    assert len(too_many) == 20 and too_many.dropped == 30 and too_many[0] == {"step": 30}
 
 
 def test_kept_buffers_follow_the_weights_of_the_last_step_not_every_set_ever_seen() -> None:
@@ -352,8 +354,8 @@ def test_kept_buffers_follow_the_weights_of_the_last_step_not_every_set_ever_see
             loss.backward()
             opt.step()
             kept.append(sum(t.numel() for t in mon._buffers._kept.values()))
-    one_step = max(kept[:1])
-    assert max(kept) <= 3 * one_step, kept
+    one_step = max(kept[:1])  # each step's set is freed after it has gone unused for KEEP_UNUSED steps
+    assert max(kept) <= (measure.Buffers.KEEP_UNUSED + 2) * one_step < 10 * one_step, kept
     assert np.isfinite(
         mon.history()["angular_update"][~np.isin(mon.history()["reason_code"], ["no_grad"])]
     ).all()

@@ -53,12 +53,16 @@ def claim(optimizer: torch.optim.Optimizer, tensors: Iterable[torch.Tensor], own
     """Mark ``tensors`` as controlled by ``owner`` (a ``kind``), or refuse when another control holds one.
 
     Raises:
-        ValueError: a tensor is already held by a live control of another kind, or of the same kind for
-            :class:`smdyn.CorrectedWeightDecay` and :class:`smdyn.RotationController` (a second one would
-            apply its change twice), with what each does.
+        ValueError: a complex tensor; a tensor already held by a live control of another kind, or of the
+            same kind for :class:`smdyn.CorrectedWeightDecay` and :class:`smdyn.RotationController` (a
+            second one would apply its change twice), with what each does.
     """
     marks: dict[int, list[tuple[str, weakref.ref]]] = getattr(optimizer, _ATTR, None) or {}
     tensors = list(tensors)
+    if any(t.is_complex() for t in tensors):
+        raise ValueError(
+            f"{kind}: complex parameters are not supported (its angles are those of real vectors)"
+        )
     for t in tensors:
         for theirs, ref in marks.get(id(t), []):
             other = ref()

@@ -28,8 +28,9 @@ How λ_t reaches the optimizer, before every step (an optimizer step pre-hook, s
 * a group that mixes them with other weights, under decoupled decay (AdamW, ``Adam(decoupled_weight_decay=
   True)``, Muon, Lion: w ← w·(1 − ηλ) − η·u, with u independent of w): the controlled weights are
   multiplied by (1 − ηλ_t)/(1 − ηλ) just before the step, so the step leaves w·(1 − ηλ_t) − η·u, exactly
-  the update with λ_t (one extra float rounding). With ``optimizer.step(closure)`` the closure then sees the
-  multiplied weights (a factor 1 − O(ηλ), which a scale-invariant loss ignores up to rounding);
+  the update with λ_t (one extra float rounding). A weight without a gradient is left alone, as the
+  optimizer leaves it, and so is every weight on a fused step the ``GradScaler`` skips. With
+  ``optimizer.step(closure)`` the factor is applied once the closure's first call has made the gradients;
 * a mixed group under coupled decay (``torch.optim.SGD``: λw enters the gradient and the momentum buffer):
   refused, with how to give the scale-invariant weights their own group; no in-place change is exact there.
 
@@ -92,7 +93,8 @@ class CorrectedWeightDecay:
         reference_lr: η_max; default: the largest lr each group has had so far.
         example_batch: one input batch for :func:`smdyn.find_scale_invariant` (models torch.fx cannot trace).
         loss_fn: maps the model output to a scalar loss for its probe.
-        hook: register the optimizer step pre-hook; ``False``: call :meth:`before_step` before each step.
+        hook: register the optimizer step pre-hook; ``False``: call :meth:`before_step` after backward,
+            before each step (the gradients say which weights the step moves).
 
     Raises:
         TypeError: an optimizer whose rule has no known weight decay, or malformed parameters.
@@ -136,8 +138,25 @@ class CorrectedWeightDecay:
 
     # ------------------------------------------------------------------ the step
 
-    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self.before_step()
+    def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
+        """Before the step; with ``step(closure)``, once its first call has made the gradients (which say
+        the weights the optimizer will move) and before the optimizer reads λ."""
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if closure is None:
+            self.before_step()
+            return None
+        calls = [0]
+
+        def closure_then_decay(*a: Any, **k: Any) -> Any:
+            loss = closure(*a, **k)
+            calls[0] += 1
+            if calls[0] == 1:
+                self.before_step()
+            return loss
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_decay}
+        return (args[0], closure_then_decay, *args[2:]), kwargs
 
     def before_step(self) -> None:
         """Set λ_t for this step's lr. Called by the pre-hook; call it yourself only with ``hook=False``."""
@@ -185,15 +204,21 @@ class CorrectedWeightDecay:
         c = (1.0 - lr * g.current) / keep
         if c == 1.0:
             return
+        moved = [
+            p for p in g.tensors if p.grad is not None
+        ]  # the optimizer leaves the others alone: so do we
         found_inf = getattr(self.optimizer, "found_inf", None)  # GradScaler's flag for a fused step
-        for p in g.tensors:
-            if p.grad is None:  # the optimizer leaves a weight without a gradient alone, and so must we
-                continue
-            if isinstance(found_inf, torch.Tensor):  # a skipped fused step must not move it: no host read
-                one = torch.ones((), dtype=torch.float64, device=p.device)
-                p.mul_(torch.where(found_inf.to(p.device) > 0, one, c))
-            else:
+        if not isinstance(found_inf, torch.Tensor):
+            for p in moved:
                 p.mul_(c)
+            return
+        factors: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        for p in moved:  # a step the scaler skips inside the kernel must not move them: decided on the device
+            key = (p.device, p.dtype)
+            if key not in factors:
+                skip = found_inf.to(p.device) > 0
+                factors[key] = torch.where(skip, torch.ones((), dtype=p.dtype, device=p.device), c)
+            p.mul_(factors[key])
 
     def _warn_once(self, g: _Group, key: str, message: str) -> None:
         if key not in g.warned:

@@ -346,8 +346,8 @@ class Rescaler:
     Attributes:
         events: one dict per logged event: ``step``, ``group``, ``lr_before``, ``lr_after``, ``r``,
             ``factor`` (applied to the weights now: < 1 after a decrease, > 1 after an increase),
-            ``cumulative``, ``action`` (``rescaled``, ``floored`` or ``skipped``), ``last_step``. The latest
-            10,000 (continuous mode logs one a step); ``events.dropped`` counts the older ones.
+            ``cumulative``, ``action`` (``rescaled``, ``floored`` or ``skipped``), ``last_step``. At least
+            the latest 10,000 (continuous mode logs one a step); ``events.dropped`` counts the older ones.
         step: optimizer steps seen.
 
     Raises:

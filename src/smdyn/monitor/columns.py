@@ -51,8 +51,10 @@ COLLAPSE = "collapse"
 OUT_OF_EQUILIBRIUM = ("collapse", "rotation_excess", "schedule_lag")
 
 #: ``reason_code`` → the ``reason`` prose, in order of precedence (the first that applies is recorded).
-#: Codes up to ``nonfinite_grad`` make the measured numbers NaN; the later ones keep the measurements and
-#: only withhold the theory (``OUT_OF_EQUILIBRIUM`` codes keep the theory too: the comparison fails).
+#: Codes up to ``nonfinite_grad`` make the measured numbers NaN; the later ones keep the measurements (Δ alone
+#: is NaN for ``radial_step``) and only withhold the theory (``OUT_OF_EQUILIBRIUM`` codes keep the theory too:
+#: the comparison fails). ``not_measured`` and ``internal`` are whole rows the monitor could not measure or
+#: compute: every number NaN.
 REASONS = {
     "frozen": "frozen parameter (requires_grad=False)",
     "not_in_optimizer": "parameter is not in the optimizer's param groups",
@@ -65,16 +67,16 @@ REASONS = {
     "nonfinite_weight": "non-finite weight",
     "zero_norm": "zero-norm weight: direction undefined",
     "nonfinite_grad": "non-finite gradient or update",
+    "radial_step": (
+        "the step is almost all along the weight (is it scale-invariant?): its tangential part is below what "
+        "the Gram matrix of (w, g, v) resolves, so Δ is not given"
+    ),
     "norm_frozen": (
         "its normalization uses running statistics (eval mode): the weight is not scale-invariant this step"
     ),
     "mixed_groups": (
         "the unit's tensors (a weight and its bias) are in param groups with different lr, weight decay, "
         "momentum or rule: there is no one equilibrium to compare with"
-    ),
-    "radial_step": (
-        "the step is almost all along the weight (is it scale-invariant?): its tangential part is below what "
-        "the Gram matrix of (w, g, v) resolves, so Δ is not given"
     ),
     "below_resolution": (
         "most elements did not move: the step is below the resolution of the weight's floating-point format"

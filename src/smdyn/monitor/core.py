@@ -185,8 +185,8 @@ class SphericalMonitor:
         if state is not None:
             try:
                 self.load_state_dict(state)
-            except (ValueError, KeyError) as exc:
-                self._warn_once("resume", f"smdyn monitor could not restore its saved state: {exc}")
+            except Exception as exc:  # a state of other weights: this run goes on without it, and says so
+                self._warn_once("resume", f"smdyn monitor could not restore its saved state: {exc!r}")
 
     # ------------------------------------------------------------------ hooks
 
@@ -211,7 +211,11 @@ class SphericalMonitor:
         self._current = None
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is None:
-            self._before_step(_runs_after_me(optimizer, self._handles[0].id))
+            try:
+                after = _runs_after_me(optimizer, self._handles[0].id)
+            except Exception:  # an odd hook object: the order cannot be read, so it is not judged
+                after = ""
+            self._before_step(after)
             return None
         calls = [0]
 
@@ -349,10 +353,12 @@ class SphericalMonitor:
                 coeffs.append(coefficients(gi, v is not None) if known else None)
                 snap = g is not None and not known
                 items.append(batch.Item(t, row, n, u.per_channel, g, v, snap, shape_key))
-            code = "frozen" if frozen else "no_grad" if no_grad else "norm_frozen" if u.norm_frozen() else ""
+            code = "frozen" if frozen else "no_grad" if no_grad else ""
             if not code and any(id(p[0]) in unseen for p in placed):
                 code = "turned_after_step"
-            if not code and any(rules[p[3]] != rule or hparams[p[3]] != hparams[gi0] for p in placed[1:]):
+            if not code and u.norm_frozen():
+                code = "norm_frozen"
+            if not code and any(not _same_settings(rules, hparams, p[3], gi0) for p in placed[1:]):
                 code = "mixed_groups"  # a weight and its bias under different settings: no one equilibrium
             key = (gi0, code, tuple(map(id, coeffs)))  # coefficients are one object per (group, buffer)
             if key not in shared:
@@ -423,7 +429,7 @@ class SphericalMonitor:
     @property
     def events(self) -> list[dict[str, Any]]:
         """Learning-rate changes of 5% or more: step, group, lr before and after, Corollary 3.1 lag (the
-        latest 10,000; ``events.dropped`` counts the older ones)."""
+        latest 10,000 at least are kept; ``events.dropped`` counts the older ones)."""
         return self._lr.events
 
     @property
@@ -452,6 +458,8 @@ class SphericalMonitor:
         Python scalars, lists and CPU tensors, so ``torch.load(..., weights_only=True)`` of it works as it is.
         """
         self.flush()
+        if self._deferred_state is not None:  # loaded, not yet applied: saved again as it came
+            return {**self._deferred_state, "step": self.step}
         windows = self._windows.state() if self.units else {}
         return {
             "step": self.step,
@@ -574,6 +582,14 @@ def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _same_settings(rules: list[Rule], hparams: list[tuple], gi: int | None, gi0: int | None) -> bool:
+    """Two param groups give one equilibrium: same rule and (lr, λ, momentum), NaN equal to NaN."""
+    if gi == gi0:
+        return True
+    same = (a == b or (a != a and b != b) for a, b in zip(hparams[gi], hparams[gi0], strict=True))
+    return rules[gi] == rules[gi0] and all(same)
 
 
 def _runs_after_me(optimizer: torch.optim.Optimizer, key: int) -> str:

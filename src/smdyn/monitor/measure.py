@@ -126,15 +126,20 @@ class Buffers:
     the user's activations cannot have, so nothing is kept there.
     """
 
+    #: Recorded steps a buffer may go unused before it is freed: a model whose set of weights with a
+    #: gradient changes (top-k experts) would otherwise keep one for every set it ever had, while sets that
+    #: come back within a few steps keep theirs.
+    KEEP_UNUSED = 4
+
     def __init__(self) -> None:
         self._kept: dict[object, torch.Tensor] = {}
-        self._used: set[object] = set()
+        self._idle: dict[object, int] = {}  # recorded steps since each kept buffer was last used
 
     def get(self, key: object, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """An uninitialised tensor of this shape, dtype and device: on CPU the same one for one key."""
         if device.type != "cpu":
             return torch.empty(shape, dtype=dtype, device=device)
-        self._used.add(key)
+        self._idle[key] = 0
         t = self._kept.get(key)
         if t is None or t.shape != shape or t.dtype != dtype:
             t = torch.empty(shape, dtype=dtype, device=device)
@@ -142,15 +147,16 @@ class Buffers:
         return t
 
     def new_step(self) -> None:
-        """Free what the last recorded step did not use: a model whose set of weights with a gradient
-        changes (top-k experts) would otherwise keep a buffer for every set it ever had."""
-        for key in self._kept.keys() - self._used:
-            del self._kept[key]
-        self._used = set()
+        """Age the kept buffers by one recorded step; free those unused for more than ``KEEP_UNUSED``."""
+        for key, idle in list(self._idle.items()):
+            if idle >= self.KEEP_UNUSED:
+                del self._idle[key], self._kept[key]
+            else:
+                self._idle[key] = idle + 1
 
     def clear(self) -> None:
         self._kept.clear()
-        self._used = set()
+        self._idle.clear()
 
 
 def snapshot(w: torch.Tensor, buffers: Buffers | None = None, key: object = None) -> torch.Tensor:

@@ -96,6 +96,10 @@ def _running_stat_norms(model: nn.Module, tensors: list[nn.Parameter]) -> dict[i
     (``norm_frozen`` needs them). Only models with such a layer pay for the trace; where it fails, none."""
     if not any(getattr(m, "running_mean", None) is not None for m in model.modules()):
         return {}
+    if any(is_sharded(p) for p in model.parameters()) or any(
+        type(m).__module__.startswith("torch.distributed") for m in model.modules()
+    ):
+        return {}  # a traced forward of a sharded model could unshard or communicate: not for a courtesy
     from smdyn.invariance import find_scale_invariant
 
     try:
