@@ -93,3 +93,17 @@ def test_an_unknown_optimizer_is_refused(capsys: pytest.CaptureFixture[str]) -> 
         main(["theory", "--optimizer", "sgdx", "--lr", "0.1", "--wd", "0.1"])
     assert exc.value.code == 2
     assert "--optimizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "star"),
+    [
+        # Kosson et al.: √(2ηλ(1−β₁)/(1+β₁)) at torch's β₁ = 0.9
+        ("adamw", math.sqrt(2 * 1e-3 * 0.1 * 0.1 / 1.9)),
+        ("radam", math.sqrt(2 * 1e-3 * 0.1 * 0.1 / 1.9)),
+    ],
+)
+def test_unset_momentum_is_the_optimizers_own_not_zero(capsys, optimizer: str, star: float) -> None:
+    """β₁ = 0 read 4.4× high for AdamW: an option the user did not give takes the optimizer's default."""
+    v = _values(capsys, "--optimizer", optimizer, "--lr", "1e-3", "--wd", "0.1")
+    assert v["equilibrium angular update Δ*"] == pytest.approx(star, rel=1e-3)

@@ -76,6 +76,8 @@ def _theory(args: argparse.Namespace) -> int:
         from smdyn import theory_cli
 
         return theory_cli.run(args)
+    if args.momentum is None:
+        args.momentum = 0.0
     try:
         values = theory.summary(args.lr, args.wd, args.momentum, L=args.L, drop=args.drop)
     except ValueError as exc:
@@ -152,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("theory", help="print the equilibrium values for given hyper-parameters")
     p.add_argument("--lr", type=_positive, required=True, help="learning rate η")
     p.add_argument("--wd", type=float, required=True, help="weight decay λ (coupled, as torch.optim.SGD)")
-    p.add_argument("--momentum", type=float, default=0.0, help="momentum α (0 for plain SGD)")
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="momentum α, or β₁ (AdamW, RAdam, Lion), μ (Muon); default: 0 for SGD, else the optimizer's own",
+    )
     p.add_argument("--L", type=_positive, default=None, help="E‖g̃‖² (SGD) or E h̃ (SGDM), for w*")
     p.add_argument("--drop", type=_drop_factor, default=None, help="a learning-rate drop factor k > 1")
     from smdyn import theory_cli

@@ -69,7 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="print this update rule's equilibrium from the rule registry (default: the paper's SGD summary)",
     )
-    p.add_argument("--beta2", type=float, default=0.999, help="β₂ of AdamW/RAdam (0.99 for Lion's default)")
+    p.add_argument(
+        "--beta2", type=float, default=None, help="β₂ of AdamW/RAdam (default 0.999) and Lion (default 0.99)"
+    )
     p.add_argument("--shape", type=int, nargs="+", default=[256, 256], help="the weight's shape (for w*)")
 
 
@@ -96,8 +98,23 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--shape: Muon trains 2-D weights only, got {len(args.shape)} dimensions")
 
 
+#: The optimizers' own defaults of (momentum or β₁ or μ, β₂), as torch and Lion's paper set them: a rule's
+#: Δ* depends on them (AdamW's by √((1−β₁)/(1+β₁))), so an unset option must not read as 0.
+_DEFAULTS = {
+    "sgd": (0.0, None),
+    "nesterov": (0.0, None),
+    "adamw": (0.9, 0.999),
+    "radam": (0.9, 0.999),
+    "muon": (0.95, None),
+    "lion": (0.9, 0.99),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the rule's Δ*, w*, relaxation time and norm exponent; bad input exits 2 naming the argument."""
+    momentum, beta2 = _DEFAULTS[args.optimizer]
+    args.momentum = momentum if args.momentum is None else args.momentum
+    args.beta2 = (beta2 if beta2 is not None else 0.999) if args.beta2 is None else args.beta2
     if args.optimizer == "nesterov" and args.momentum == 0:
         print("smdyn theory: --momentum must be > 0 for Nesterov", file=sys.stderr)
         return 2
