@@ -467,3 +467,24 @@ def test_named_weights_feeding_a_batchnorm_in_eval_mode_are_norm_frozen_too() ->
         model.eval()
         _train_on(model, opt, 2, features=4)
     assert list(mon.history()["reason_code"][2:]) == ["norm_frozen"] * 2
+
+
+def test_rows_a_failed_sink_never_took_do_not_leave_memory_silently() -> None:
+    class _Refuses:
+        def write(self, rows: dict) -> None:
+            raise ValueError("columns differ from the file's header")
+
+        def close(self) -> None:
+            pass
+
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with SphericalMonitor(
+            model, opt, params=["0.weight"], sinks=[_Refuses()], history_rows=5, flush_every=2
+        ):
+            _train(model, opt, 12)
+    messages = [str(w.message) for w in caught]
+    assert sum("the latest 5 rows are kept in memory" in m for m in messages) == 1
+    assert sum("older rows that sink did not take are lost" in m for m in messages) == 1

@@ -107,6 +107,7 @@ class SphericalMonitor:
         self._capture: Any = None
         self._pending: list[tuple[int, list[records.UnitStep], batch.StepMeasurement]] = []
         self._current: tuple[int, list[records.UnitStep], batch.StepMeasurement] | None = None
+        self._sink_failed = False  # then rows the history bound drops may be in no sink
         self._not_measured: list[tuple[int, str]] = []  # (step, why): recorded steps whose hook failed
         self._buffers = measure.Buffers()  # snapshots kept between recorded steps (CPU only)
         self._outer: tuple[int, Any] | None = None  # (frame id, code) of the step() call being measured
@@ -409,6 +410,12 @@ class SphericalMonitor:
                 "memory and no sink holds the older ones; add a sink (smdyn.sinks) or pass "
                 "history_rows=None to keep them all",
             )
+        elif dropped and self._sink_failed:
+            self._warn_once(
+                "lost",
+                f"smdyn: a sink failed and the monitor keeps only the latest {self._history.max_rows} rows "
+                "in memory: older rows that sink did not take are lost (history_rows=None keeps them all)",
+            )
         nrows = len(self._layout.names)
         self._latest = {c: v[-nrows:] for c, v in batch.items()}
         if not is_rank_zero():
@@ -417,7 +424,18 @@ class SphericalMonitor:
             try:
                 sink.write(batch)
             except Exception as exc:  # a full disk must not stop training; the records stay in memory
-                self._warn_once(f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}")
+                self._sink_failed = True
+                kept = self._history.max_rows
+                where = (
+                    "they are kept in memory"
+                    if kept is None
+                    else "they are not kept in memory (keep_history=False)"
+                    if kept == 0
+                    else f"the latest {kept} rows are kept in memory"
+                )
+                self._warn_once(
+                    f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}; {where}"
+                )
 
     # ------------------------------------------------------------------ public
 
