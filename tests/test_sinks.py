@@ -305,3 +305,21 @@ def test_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="1-D"):
         CSVSink(tmp_path / "m.csv").write({"step": np.zeros((2, 2))})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_copied_csv_sink_writes_to_its_own_file_not_to_a_reused_descriptor(tmp_path) -> None:
+    """pickle/deepcopy copied the open descriptor's number: once the original closed, another file opened
+    next could take that number and receive the copy's rows."""
+    import pickle
+
+    first = {"step": np.array([1]), "param": np.array(["a"]), "x": np.array([0.5])}
+    sink = CSVSink(tmp_path / "m.csv")
+    sink.write(first)
+    copy = pickle.loads(pickle.dumps(sink))
+    sink.close()
+    with open(tmp_path / "other.txt", "w") as other:
+        copy.write({"step": np.array([2]), "param": np.array(["a"]), "x": np.array([1.0])})
+        other.flush()
+        copy.close()
+    assert (tmp_path / "other.txt").read_text() == ""
+    assert (tmp_path / "m.csv").read_text().splitlines()[1:] == ["1,a,0.5", "2,a,1.0"]

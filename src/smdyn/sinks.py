@@ -399,6 +399,13 @@ class CSVSink(_Base):
     def _target(self) -> str:
         return str(self.path)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy (pickle, deepcopy) reopens the path: a descriptor number copied from this process could
+        name another file once this sink closes, and the copy's rows would go there."""
+        state = dict(self.__dict__)
+        state["_fd"] = None
+        return state
+
     def _open(self, names: list[str]) -> None:
         """Opens for appending, checks the header on disk against ``names`` and cuts an unfinished line."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
