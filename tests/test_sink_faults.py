@@ -260,7 +260,7 @@ def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, partial: bool = False
         ("csv", "partial write"),
         ("csv", "fsync"),
         ("parquet", "fsync"),
-        ("parquet", "replace"),
+        ("parquet", "link"),
     ],
 )
 def test_a_transient_error_loses_and_repeats_nothing(

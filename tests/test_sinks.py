@@ -323,3 +323,17 @@ def test_a_copied_csv_sink_writes_to_its_own_file_not_to_a_reused_descriptor(tmp
         copy.close()
     assert (tmp_path / "other.txt").read_text() == ""
     assert (tmp_path / "m.csv").read_text().splitlines()[1:] == ["1,a,0.5", "2,a,1.0"]
+
+
+def test_two_parquet_sinks_on_one_directory_keep_each_others_parts(tmp_path: Path) -> None:
+    """Both numbered from the same next part: the second's rename replaced the first's part."""
+    pytest.importorskip("pyarrow")
+    a, b = ParquetSink(tmp_path), ParquetSink(tmp_path)
+    for k in range(3):
+        for sink, tag in ((a, "A"), (b, "B")):
+            sink.write({"step": np.array([k]), "param": np.array([tag]), "x": np.array([float(k)])})
+    a.close()
+    b.close()
+    rows = read_metrics(tmp_path)
+    assert sorted(zip(rows["param"], rows["step"], strict=True)) == [(t, k) for t in "AB" for k in range(3)]
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import os
 import re
@@ -497,8 +498,9 @@ class ParquetSink(_Base):
     """One complete Parquet file per ``write`` (``part-000000.parquet``, ...) in a directory.
 
     A Parquet file cannot be read until its footer is written, so each batch becomes its own file, written
-    under a temporary name, fsynced and atomically renamed: a failed write leaves no part behind, and the
-    retry writes it whole. Existing parts (a resumed run) are kept and numbering continues after them.
+    under a temporary name, fsynced and then linked atomically to the first free part name (never over an
+    existing part: two sinks on one directory keep each other's): a failed write leaves no part behind, and
+    the retry writes it whole. Existing parts (a resumed run) are kept and numbering continues after them.
 
     Args:
         directory: the part directory; refused (ValueError) if it exists and is not a directory.
@@ -531,8 +533,7 @@ class ParquetSink(_Base):
         arrays = [
             pa.array(_text(cols[n]), pa.string()) if cols[n].dtype.kind in "UO" else cols[n] for n in names
         ]
-        final = self.directory / _PART.format(self._next)
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = self.directory / f".{_PART.format(self._next)}.{os.getpid()}-{id(self):x}.tmp"
         try:
             # O_NONBLOCK: a FIFO left under the temporary name fails at once instead of blocking
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NONBLOCK, 0o666)
@@ -542,12 +543,12 @@ class ParquetSink(_Base):
                 self._pq.write_table(pa.table(arrays, names=names), f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, final)
+            number = _publish(tmp, self.directory, self._next)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        self._next += 1
+        self._next = number + 1
         if os.name == "posix":  # make the rename itself durable; the part is complete either way
             try:
                 fd = os.open(self.directory, os.O_RDONLY)
@@ -557,6 +558,32 @@ class ParquetSink(_Base):
                     os.close(fd)
             except OSError as exc:
                 self._warn_io(exc)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+def _publish(tmp: Path, directory: Path, start: int) -> int:
+    """Give ``tmp`` the first free part name from ``start`` on, never over an existing part (another sink
+    on the same directory, or a second run); returns its number."""
+    n = start
+    while True:
+        final = directory / _PART.format(n)
+        try:
+            os.link(tmp, final)  # fails if the name is taken: no part is ever replaced
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                raise
+            if final.exists():  # a file system without hard links: check, then rename
+                n += 1
+                continue
+            os.replace(tmp, final)
+            return n
+        os.unlink(tmp)
+        return n
 
 
 class TensorBoardSink(_Base):
