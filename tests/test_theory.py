@@ -627,3 +627,22 @@ def test_summary() -> None:
         theory.summary(np.array([0.1, 0.2]), wd)
     with pytest.raises(ValueError, match=r"^drop must be > 0"):
         theory.summary(lr, wd, drop=0.0)
+
+
+def test_closed_forms_refuse_settings_without_an_equilibrium() -> None:
+    """Past λη = 2(1+α) (heavy ball) or ηλ = 1 (decoupled decay) they returned numbers: Δ* > π, 1 step."""
+    for call in (
+        lambda: theory.angular_update(1.0, 5.0),
+        lambda: theory.steps_to_new_equilibrium(10, 1.0, 5.0),
+        lambda: theory.adamw_angular_update(1.0, 1.5),
+        lambda: theory.adamw_weight_norm(1.0, 1.5, 10),
+    ):
+        with pytest.raises(ValueError, match="lr \\* wd must be"):
+            call()
+
+
+def test_lion_at_a_tiny_decay_keeps_its_small_decay_limit() -> None:
+    """1 − a² with a = 1 − ηλ cancelled: Δ* was 5% off at ηλ = 1e-16 and 0 (w* inf) at 1e-17."""
+    for lr, wd in ((1e-8, 1e-8), (1e-9, 1e-8)):
+        limit = math.sqrt(2 * lr * wd / theory.lion_decorrelation(0.9, 0.99, 0.0))
+        assert theory.lion_angular_update(lr, wd) == pytest.approx(limit, rel=1e-6)

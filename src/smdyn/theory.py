@@ -171,6 +171,7 @@ def angular_update(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> F
     """
     scalar = _is_scalar(lr, wd, momentum)
     eta, lam, a = _lr(lr), _wd(wd), _beta(momentum, "momentum")
+    _check_fixed_point_exists(eta, lam, a)
     return _out(np.sqrt(2.0 * lam * eta / (1.0 + a)), scalar)
 
 
@@ -345,6 +346,7 @@ def steps_to_new_equilibrium(
     scalar = _is_scalar(k, lr_after, wd, momentum)
     kk = _positive(k, "k")
     eta, lam, a = _lr(lr_after, "lr_after"), _wd(wd), _beta(momentum, "momentum")
+    _check_fixed_point_exists(eta, lam, a)
     with np.errstate(divide="ignore", invalid="ignore"):
         raw = np.abs(np.log(kk)) * (1.0 - a) / (2.0 * np.where(lam > 0, lam, 1.0) * eta)
     steps = np.where(lam > 0, np.ceil(raw), np.inf)
@@ -474,7 +476,7 @@ def adamw_angular_update(lr: ArrayLike, wd: ArrayLike, beta1: ArrayLike = 0.9) -
         The expected angle per step in radians; 0.0 where ``wd == 0``.
     """
     scalar = _is_scalar(lr, wd, beta1)
-    eta, lam, b1 = _lr(lr), _wd(wd), _beta(beta1, "beta1")
+    (eta, lam), b1 = _decayed(lr, wd), _beta(beta1, "beta1")
     return _out(np.sqrt(2.0 * eta * lam * (1.0 - b1) / (1.0 + b1)), scalar)
 
 
@@ -498,7 +500,7 @@ def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: Arr
         The equilibrium norm; ``inf`` where ``wd == 0``.
     """
     scalar = _is_scalar(lr, wd, numel, beta1)
-    eta, lam, c = _lr(lr), _wd(wd), _numel(numel)
+    (eta, lam), c = _decayed(lr, wd), _numel(numel)
     lam = np.broadcast_arrays(lam, _beta(beta1, "beta1"))[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.sqrt(eta * c / (2.0 * np.where(lam > 0, lam, 1.0)))
@@ -524,10 +526,11 @@ def _rotational(
     delta, growth = np.zeros(flat[0].size), np.full(flat[0].size, np.inf)
     for i in range(flat[0].size):
         if flat[1][i] > 0:
-            a = 1.0 - flat[0][i] * flat[1][i]
+            d = float(flat[0][i] * flat[1][i])
+            a = 1.0 - d
             r_a = r_of(a, *(float(p[i]) for p in flat[2:]))
-            delta[i] = _decor.radial_corrected_angle(a, r_a)
-            growth[i] = r_a / (1.0 - a * a)
+            delta[i] = _decor.radial_corrected_angle(a, r_a, d)
+            growth[i] = r_a / (d * (2.0 - d))  # 1 − a², without its cancellation at tiny ηλ
     return delta.reshape(shape), growth.reshape(shape)
 
 
