@@ -768,3 +768,25 @@ def test_the_rescaler_is_built_by_default_where_the_lr_first_peaks() -> None:
 def test_rescale_from_must_be_a_step_of_the_plan(value: object, error: type) -> None:
     with pytest.raises(error, match="rescale_from"):
         plan(None, 0.1, 5e-3, 0.9, steps=1200, rescale_from=value)
+
+
+def test_odd_inputs_are_refused_naming_what_is_wrong() -> None:
+    p = torch.nn.Parameter(torch.zeros(2))
+    built_on = torch.optim.SGD([p], lr=0.1, weight_decay=1e-3)
+    other = torch.optim.SGD([p], lr=0.1, weight_decay=1e-3)
+    cases = [
+        (dict(schedule=sch_step(built_on), optimizer=other), "steps another optimizer"),
+        (dict(schedule={"name": "StepLR", "step_size": 0}, lr=0.1, wd=1e-3), "StepLR.*failed at step 0"),
+        (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="muon", shape=5), "shape must be"),
+        (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="adamw", shape=(2.7, 3.9)), "shape must be"),
+        (dict(schedule=lambda t: "x", lr=0.1, wd=1e-3), "schedule\\(0\\) must return a number"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            plan(**kwargs, steps=10, control="none")
+    result = plan(sch_step(built_on), steps=10, group=np.int64(0), control="none")  # numpy ints index
+    assert result.lr[0] == pytest.approx(0.1)
+
+
+def sch_step(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.StepLR:
+    return torch.optim.lr_scheduler.StepLR(opt, 5)

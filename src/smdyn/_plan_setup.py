@@ -48,7 +48,15 @@ def lr_sequence(schedule: Any, lr: float, steps: int) -> NDArray[np.float64]:
     if schedule is None:
         out = np.full(steps, lr)
     elif callable(schedule):
-        out = np.array([lr * float(schedule(t)) for t in range(steps)], dtype=np.float64)
+        out = np.empty(steps)
+        for t in range(steps):
+            value = schedule(t)
+            try:
+                out[t] = lr * float(value)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(
+                    f"schedule({t}) must return a number (an lr multiplier), got {value!r}"
+                ) from exc
     elif isinstance(schedule, Mapping):
         out = _torch_schedule(schedule, lr, steps)
     elif isinstance(schedule, Sequence) and not isinstance(schedule, str):
@@ -64,6 +72,11 @@ def lr_sequence(schedule: Any, lr: float, steps: int) -> NDArray[np.float64]:
                 raise ValueError(f"schedule: milestone step {step} is not before the end (steps = {steps})")
             last = int(step)
             out[last:] = check_number("schedule lr", value, low=0.0)
+    elif isinstance(schedule, _scheduler_types()):
+        raise ValueError(
+            f"schedule: this {type(schedule).__name__} steps another optimizer than the one given as "
+            "optimizer=; pass the scheduler alone (its optimizer is read) or the optimizer it was built on"
+        )
     else:
         raise TypeError(
             "schedule must be None, a callable step -> lr multiplier, a list of (step, lr) milestones, a "
@@ -106,11 +119,20 @@ def _torch_schedule(spec: Mapping[str, Any], lr: float, steps: int) -> NDArray[n
     out = np.empty(steps)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the dummy step is a no-op
-        for t in range(steps):
-            out[t] = float(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
+        try:
+            for t in range(steps):
+                out[t] = float(opt.param_groups[0]["lr"])
+                opt.step()
+                sched.step()
+        except Exception as exc:  # e.g. StepLR(step_size=0) divides by zero when stepped
+            raise ValueError(f"schedule: {name}({', '.join(kwargs)}) failed at step {t}: {exc!r}") from exc
     return out
+
+
+def _scheduler_types() -> tuple[type, ...]:
+    import torch
+
+    return (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
 def l_sequence(L: float | Callable[[int], float] | None, steps: int) -> NDArray[np.float64]:
@@ -203,7 +225,11 @@ def setup(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS} or a torch optimizer, got {optimizer!r}")
     group_hp: Mapping[str, Any] | None = None
     if source is not None:
-        if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < len(source.param_groups):
+        if (
+            isinstance(group, bool)
+            or not isinstance(group, (int, np.integer))
+            or not 0 <= group < len(source.param_groups)
+        ):
             raise ValueError(f"group must be an index in [0, {len(source.param_groups)}), got {group!r}")
         group_hp = source.param_groups[group]
     lrs = None
@@ -248,9 +274,26 @@ def _missing(name: str) -> float:
     raise ValueError(f"{name} must be given (or read from an optimizer or scheduler instance)")
 
 
+def _dims(shape: Any) -> tuple[int, ...]:
+    """``shape`` as whole sizes >= 1, or a ValueError naming it (5, "ab" and 2.7 are not shapes)."""
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray) or len(shape) == 0:
+        raise ValueError(f"shape must be a sequence of whole sizes >= 1, got {shape!r}")
+    dims = []
+    for d in shape:
+        if (
+            isinstance(d, bool)
+            or not isinstance(d, (int, np.integer, float, np.floating))
+            or d != int(d)
+            or d < 1
+        ):
+            raise ValueError(f"shape must be a sequence of whole sizes >= 1, got {shape!r}")
+        dims.append(int(d))
+    return tuple(dims)
+
+
 def _numel(numel: Any, shape: Any) -> float:
     if numel is None:
-        return float(math.prod(int(d) for d in shape)) if shape is not None else 1.0
+        return float(math.prod(_dims(shape))) if shape is not None else 1.0
     return check_number("numel", numel, low=1.0, strict=False)
 
 
@@ -276,11 +319,8 @@ def _named_rule(name: str, lr: float, wd: float, momentum: float, beta2: float, 
             raise ValueError(
                 "optimizer='muon' needs the weight's shape=(rows, cols): Muon's Δ* depends on it"
             )
-        try:
-            dims = tuple(int(d) for d in shape)
-        except (TypeError, ValueError):
-            dims = ()
-        if len(dims) != 2 or min(dims) < 1:
+        dims = _dims(shape)
+        if len(dims) != 2:
             raise ValueError(f"shape must be two ints >= 1 (a 2-D weight), got {shape!r}")
         p = torch.nn.Parameter(torch.zeros(dims))
         opt = torch.optim.Muon([p], lr=lr, weight_decay=wd, momentum=momentum)

@@ -230,7 +230,11 @@ def scheduler_lrs(scheduler: Any, steps: int, group: int = 0) -> NDArray[np.floa
         raise TypeError(f"schedule must be a torch LRScheduler instance, got {type(scheduler).__name__}")
     steps = _int("steps", steps, 1)
     real = scheduler.optimizer
-    if isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < len(real.param_groups):
+    if (
+        isinstance(group, bool)
+        or not isinstance(group, (int, np.integer))
+        or not 0 <= group < len(real.param_groups)
+    ):
         raise ValueError(f"group must be an index in [0, {len(real.param_groups)}), got {group!r}")
     stand_in = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.0)
     stand_in.param_groups = [
