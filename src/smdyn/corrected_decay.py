@@ -52,6 +52,7 @@ from typing import Any
 import torch
 
 from smdyn import _control
+from smdyn._closure import after_first_call, closure_of
 from smdyn.rules import group_lr, rule_for
 
 __all__ = ["CorrectedWeightDecay"]
@@ -141,22 +142,10 @@ class CorrectedWeightDecay:
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
         """Before the step; with ``step(closure)``, once its first call has made the gradients (which say
         the weights the optimizer will move) and before the optimizer reads λ."""
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if closure is None:
-            self.before_step()
-            return None
-        calls = [0]
-
-        def closure_then_decay(*a: Any, **k: Any) -> Any:
-            loss = closure(*a, **k)
-            calls[0] += 1
-            if calls[0] == 1:
-                self.before_step()
-            return loss
-
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": closure_then_decay}
-        return (args[0], closure_then_decay, *args[2:]), kwargs
+        if closure_of(args, kwargs) is not None:
+            return after_first_call(args, kwargs, self.before_step)
+        self.before_step()
+        return None
 
     def before_step(self) -> None:
         """Set λ_t for this step's lr. Called by the pre-hook; call it yourself only with ``hook=False``."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from smdyn import _control
+from smdyn._closure import after_first_call, closure_of
 from smdyn.monitor import batch, measure, records
 from smdyn.monitor.columns import COLUMNS
 from smdyn.monitor.distributed import ShardPlan, is_rank_zero, to_host
@@ -210,26 +211,14 @@ class SphericalMonitor:
             return None  # nested step() of a subclass: this step is already being measured
         self._outer = (id(caller), caller.f_code)
         self._current = None
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if closure is None:
-            try:
-                after = _runs_after_me(optimizer, self._handles[0].id)
-            except Exception:  # an odd hook object: the order cannot be read, so it is not judged
-                after = ""
-            self._before_step(after)
-            return None
-        calls = [0]
-
-        def measured_closure(*a: Any, **k: Any) -> Any:
-            loss = closure(*a, **k)
-            calls[0] += 1
-            if calls[0] == 1:
-                self._before_step()
-            return loss
-
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": measured_closure}
-        return (args[0], measured_closure, *args[2:]), kwargs
+        if closure_of(args, kwargs) is not None:
+            return after_first_call(args, kwargs, self._before_step)
+        try:
+            after = _runs_after_me(optimizer, self._handles[0].id)
+        except Exception:  # an odd hook object: the order cannot be read, so it is not judged
+            after = ""
+        self._before_step(after)
+        return None
 
     def _before_step(self, hook_after: str = "") -> None:
         """``hook_after``: a step pre-hook that runs after this one this step (registered later; it is moved
