@@ -488,3 +488,21 @@ def test_rows_a_failed_sink_never_took_do_not_leave_memory_silently() -> None:
     messages = [str(w.message) for w in caught]
     assert sum("the latest 5 rows are kept in memory" in m for m in messages) == 1
     assert sum("older rows that sink did not take are lost" in m for m in messages) == 1
+
+
+def test_settings_past_the_equilibrium_are_bad_hparams_and_every_step_is_kept() -> None:
+    """lr·wd ≥ 2(1+α): the closed forms refuse it. The lr event must not drop the step, and only those
+    steps are bad_hparams (the others keep their theory)."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=3.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with SphericalMonitor(model, opt, params=["0.weight"], flush_every=10) as mon:
+            _train(model, opt, 2)
+            opt.param_groups[0]["lr"] = 1.0  # lr·wd = 3 ≥ 2
+            _train(model, opt, 2)
+    h = mon.history()
+    assert list(h["step"]) == [0, 1, 2, 3]
+    assert list(h["reason_code"][2:]) == ["bad_hparams"] * 2
+    assert np.isfinite(h["theory_angular_update"][:2]).all()
+    assert not [w for w in caught if "skipped step" in str(w.message)]

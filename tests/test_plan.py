@@ -779,6 +779,8 @@ def test_odd_inputs_are_refused_naming_what_is_wrong() -> None:
         (dict(schedule={"name": "StepLR", "step_size": 0}, lr=0.1, wd=1e-3), "StepLR.*failed at step 0"),
         (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="muon", shape=5), "shape must be"),
         (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="adamw", shape=(2.7, 3.9)), "shape must be"),
+        (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="adamw", shape=(math.inf, 3)), "shape must be"),
+        (dict(schedule=None, lr=0.1, wd=1e-3, optimizer="adamw", shape=np.array(5)), "shape must be"),
         (dict(schedule=lambda t: "x", lr=0.1, wd=1e-3), "schedule\\(0\\) must return a number"),
     ]
     for kwargs, match in cases:

@@ -537,3 +537,24 @@ def test_reading_a_csv_with_a_malformed_row_says_so(tmp_path) -> None:
         rows = read_metrics(path)
     assert list(rows["step"]) == [0, 2]
     assert any("skipping 1 malformed rows" in str(w.message) for w in caught)
+
+
+def test_a_part_published_before_its_temporary_name_could_be_removed_is_not_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = ParquetSink(tmp_path)
+    real, armed = os.unlink, [True]
+
+    def unlink_fails_once(path: Any, *args: Any, **kwargs: Any) -> None:
+        if armed[0] and str(path).endswith(".tmp"):
+            armed[0] = False
+            raise PermissionError(errno.EACCES, "held by another process")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_fails_once)
+    b1, b2 = _batch(0, 3), _batch(3, 2)
+    sink.write(b1)
+    sink.write(b2)
+    sink.close()
+    assert not armed[0] and sink.lost_rows == 0 and sink.pending_rows == 0
+    _assert_rows(read_metrics(tmp_path), _concat(b1, b2))

@@ -275,19 +275,19 @@ def _missing(name: str) -> float:
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
-    """``shape`` as whole sizes >= 1, or a ValueError naming it (5, "ab" and 2.7 are not shapes)."""
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray) or len(shape) == 0:
-        raise ValueError(f"shape must be a sequence of whole sizes >= 1, got {shape!r}")
+    """``shape`` as whole sizes >= 1, or a ValueError naming it (5, "ab", 2.7 and inf are not sizes)."""
+    bad = ValueError(f"shape must be a sequence of whole sizes >= 1, got {shape!r}")
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence | np.ndarray) or np.ndim(shape) != 1:
+        raise bad
     dims = []
     for d in shape:
-        if (
-            isinstance(d, bool)
-            or not isinstance(d, (int, np.integer, float, np.floating))
-            or d != int(d)
-            or d < 1
-        ):
-            raise ValueError(f"shape must be a sequence of whole sizes >= 1, got {shape!r}")
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer, float, np.floating)):
+            raise bad
+        if not math.isfinite(d) or d != int(d) or d < 1:
+            raise bad
         dims.append(int(d))
+    if not dims:
+        raise bad
     return tuple(dims)
 
 

@@ -560,7 +560,18 @@ class ParquetSink(_Base):
                 self._warn_io(exc)
 
 
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+# link() refused as such (FAT, some network file systems): fall back to check-then-rename, which raises
+# on its own if the directory cannot be written at all
+_NO_HARD_LINKS = {
+    errno.EPERM,
+    errno.EACCES,
+    errno.EINVAL,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.ENOSYS,
+    errno.EXDEV,
+    errno.EMLINK,
+}
 
 
 def _publish(tmp: Path, directory: Path, start: int) -> int:
@@ -582,7 +593,8 @@ def _publish(tmp: Path, directory: Path, start: int) -> int:
                 continue
             os.replace(tmp, final)
             return n
-        os.unlink(tmp)
+        with contextlib.suppress(OSError):  # the part is published: a leftover .tmp is ignored by readers
+            os.unlink(tmp)
         return n
 
 

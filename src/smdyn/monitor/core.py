@@ -399,7 +399,7 @@ class SphericalMonitor:
                 "memory and no sink holds the older ones; add a sink (smdyn.sinks) or pass "
                 "history_rows=None to keep them all",
             )
-        elif dropped and self._sink_failed:
+        elif dropped and self._sink_failed and self._history.max_rows != 0:
             self._warn_once(
                 "lost",
                 f"smdyn: a sink failed and the monitor keeps only the latest {self._history.max_rows} rows "
@@ -418,7 +418,7 @@ class SphericalMonitor:
                 where = (
                     "they are kept in memory"
                     if kept is None
-                    else "they are not kept in memory (keep_history=False)"
+                    else "they are not kept in memory (history_rows=0 or keep_history=False)"
                     if kept == 0
                     else f"the latest {kept} rows are kept in memory"
                 )
