@@ -24,7 +24,7 @@ __all__ = [
     "claim",
     "controller_of",
     "go_idle",
-    "held_by",
+    "moved_after_step",
     "one_group",
     "release",
     "resolve",
@@ -105,20 +105,21 @@ def go_idle(control: Any, name: str, exc: BaseException, step: int, after: str) 
         control._closed = True
 
 
-def held_by(optimizer: torch.optim.Optimizer, kinds: Iterable[str]) -> frozenset[int]:
-    """Ids of the parameters a live control of one of ``kinds`` holds (one pass, for a per-step check)."""
+def moved_after_step(
+    optimizer: torch.optim.Optimizer, kinds: Iterable[str]
+) -> tuple[frozenset[int], frozenset[int]]:
+    """Ids of the parameters a live control of one of ``kinds`` moves after the optimizer's own update, and
+    of those it moves only after ``step()`` returns (``hooked`` False), where no post-hook sees the step
+    applied. One pass over the marks, for a per-step check."""
     kinds = frozenset(kinds)
-    marks = getattr(optimizer, _ATTR, None) or {}
-    return frozenset(pid for pid, held in marks.items() if any(k in kinds and ref() for k, ref in held))
-
-
-def moved_after_hooks(optimizer: torch.optim.Optimizer) -> frozenset[int]:
-    """Ids of the parameters a live control moves only after ``step()`` returns (``hooked`` False): a
-    post-hook sees the inner optimizer's step, not the one applied."""
-    marks = getattr(optimizer, _ATTR, None) or {}
-    return frozenset(
-        pid for pid, held in marks.items() if any(getattr(ref(), "hooked", True) is False for _, ref in held)
-    )
+    held, unseen = set(), set()
+    for pid, marks in (getattr(optimizer, _ATTR, None) or {}).items():
+        owners = [o for k, ref in marks if k in kinds and (o := ref()) is not None]
+        if owners:
+            held.add(pid)
+            if any(getattr(o, "hooked", True) is False for o in owners):
+                unseen.add(pid)
+    return frozenset(held), frozenset(unseen)
 
 
 def controller_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> str | None:

@@ -73,15 +73,16 @@ def arcsine(r: NDArray[np.float64]) -> NDArray[np.float64]:
     return (2.0 / np.pi) * np.arcsin(np.clip(r, -1.0, 1.0))
 
 
-def radial_corrected_angle(a: float, r_a: float, decay: float | None = None) -> float:
+def radial_corrected_angle(decay: float, r_a: float) -> float:
     """Equilibrium angle per step from R_a, with the step's radial part.
 
     Step O = o_r·ŵ + O_⊥ with E⟨O_t, ŵ_t⟩ = −η'U²S₁/‖w‖, S₁ = Σ_k a^k ρ_{k+1} = (R_a − 1)/(2a), so with
     D² = η'²U²/‖w‖² = (1 − a²)/R_a: tan²Δ = D²(1 − D²S₁²)/(a + D²S₁)². The radial part is ~ηλR/2 of the
-    step (2.4% at ηλ = 2e-3, R = 24), which is why it is kept. ``decay`` = ηλ = 1 − a, when known, gives
-    1 − a² = ηλ(2 − ηλ) without the cancellation that loses it below ηλ ≈ 1e-12.
+    step (2.4% at ηλ = 2e-3, R = 24), which is why it is kept. Taken from ``decay`` = ηλ = 1 − a, so that
+    1 − a² = ηλ(2 − ηλ) does not cancel (it lost all digits below ηλ ≈ 1e-16).
     """
-    d2 = ((1.0 - a * a) if decay is None else decay * (2.0 - decay)) / r_a
+    a = 1.0 - decay
+    d2 = decay * (2.0 - decay) / r_a
     s1 = (r_a - 1.0) / (2.0 * a)
     return math.atan(math.sqrt(max(d2 * (1.0 - d2 * s1 * s1), 0.0)) / (a + d2 * s1))
 

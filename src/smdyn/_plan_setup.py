@@ -24,7 +24,21 @@ RUN_NAMES = {
     "rotation": "rotation",
 }
 OPTIMIZERS = ("sgd", "adamw", "lion", "muon")
-_DEFAULT_MOMENTUM = {"sgd": 0.0, "adamw": 0.9, "lion": 0.9, "muon": 0.95}
+#: Each rule family's own defaults, as torch (and Lion's paper) set them: (momentum α, β₁ or μ; β₂ or None).
+#: Δ* depends on them, so a setting the user leaves out must take these, not 0.
+DEFAULTS: dict[str, tuple[float, float | None]] = {
+    "sgd": (0.0, None),
+    "adamw": (0.9, 0.999),
+    "lion": (0.9, 0.99),
+    "muon": (0.95, None),
+}
+
+
+def default_beta2(family: str) -> float:
+    """β₂ of a family that has one (0.999 where it has none: unused)."""
+    return DEFAULTS.get(family, (0.0, None))[1] or 0.999
+
+
 _DECOUPLED = ("adamw", "lion", "muon")
 
 
@@ -211,9 +225,7 @@ def setup(
     from smdyn.rules import Rule, group_lr, rule_for
 
     source = None
-    if isinstance(
-        schedule, (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    ):
+    if isinstance(schedule, _scheduler_types()):
         source = schedule.optimizer
     if rule is not None and optimizer is not None:
         raise ValueError("give optimizer or rule, not both")
@@ -254,7 +266,7 @@ def setup(
     wd = check_number("wd", wd, low=0.0) if wd is not None else _missing("wd")
     family = rule.family if rule is not None else (optimizer or "sgd")
     if momentum is None:
-        momentum = _DEFAULT_MOMENTUM.get(family, 0.0)
+        momentum = DEFAULTS.get(family, (0.0, None))[0]
     a = check_number("momentum", momentum, low=0.0, strict=False)
     if a >= 1:
         raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
@@ -263,10 +275,9 @@ def setup(
     if b2 is not None and b2 >= 1:
         raise ValueError(f"beta2 must be in [0, 1), got {beta2!r}")
     if rule is None:
-        rule = _named_rule(name, lr, wd, a, 0.99 if b2 is None else b2, shape)
+        rule = _named_rule(name, lr, wd, a, default_beta2(name) if b2 is None else b2, shape)
     size = _numel(numel, shape)
-    default_b2 = 0.99 if rule.family == "lion" else 0.999
-    model = _model(rule, a, size, fresh, default_b2 if b2 is None else b2)
+    model = _model(rule, a, size, fresh, default_beta2(rule.family) if b2 is None else b2)
     return Setup(rule, model, lr, wd, a, size, lrs)
 
 

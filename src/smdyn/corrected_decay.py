@@ -193,9 +193,8 @@ class CorrectedWeightDecay:
         c = (1.0 - lr * g.current) / keep
         if c == 1.0:
             return
-        moved = [
-            p for p in g.tensors if p.grad is not None
-        ]  # the optimizer leaves the others alone: so do we
+        # a weight without a gradient is left alone by the optimizer, and so by us
+        moved = [p for p in g.tensors if p.grad is not None]
         found_inf = getattr(self.optimizer, "found_inf", None)  # GradScaler's flag for a fused step
         if not isinstance(found_inf, torch.Tensor):
             for p in moved:

@@ -175,10 +175,8 @@ def find_scale_invariant(
     root, prefix = _unwrap(model)
     trainable = {n for n, p in root.named_parameters() if p.requires_grad}
     tied = _tied(root)
-    with (
-        _random_states_kept(root),
-        _preserved(root) if example_batch is not None else contextlib.nullcontext(lambda: None) as reset,
-    ):
+    # forwards run with a batch restore the model and every random state; a trace alone, the random states
+    with _preserved(root) if example_batch is not None else _random_states_kept(root) as reset:
         graph = _graph(root, example_batch)
         found = _from_data_flow(root, graph) if graph is not None else []
         found += _from_weight_norm(root)
@@ -471,14 +469,14 @@ def _from_weight_norm(root: nn.Module) -> list[InvariantParam]:
 
 # ------------------------------------------------------------------------------------------ numerics
 @contextlib.contextmanager
-def _random_states_kept(root: nn.Module) -> Iterator[None]:
-    """torch's, Python's and numpy's random states as they were: a traced or probed forward that draws
-    random numbers (dropout, LayerDrop, ``random.random()``) must not change the user's run."""
+def _random_states_kept(root: nn.Module) -> Iterator[Callable[[], None]]:
+    """torch's, Python's and numpy's random states as they were on exit: a traced forward that draws random
+    numbers (LayerDrop, ``random.random()``) must not change the user's run. Yields a no-op reset."""
     restore = _host_random_states()
     devices = sorted({t.device.index or 0 for t in root.parameters() if t.device.type == "cuda"})
     try:
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            yield
+            yield lambda: None
     finally:
         restore()
 

@@ -35,6 +35,7 @@ __all__ = [
     "angular_update",
     "approach_factor",
     "contraction_factor",
+    "equilibrium_exists",
     "lion_angular_update",
     "lion_decorrelation",
     "lion_weight_norm",
@@ -141,12 +142,23 @@ def _out(result: NDArray[np.float64], scalar: bool) -> FloatOrArray:
     return np.asarray(result, dtype=np.float64)
 
 
+def equilibrium_exists(
+    lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0, *, coupled: bool = True
+) -> Any:
+    """Where the weight norm has a fixed point, elementwise: lr·wd < 2(1 + α) under coupled decay (Thm 2
+    needs 2 − λη/(1+α) > 0), lr·wd < 1 under decoupled decay (the factor 1 − ηλ stays positive). False for
+    NaN; the arguments are not otherwise checked."""
+    lw = np.asarray(lr, dtype=np.float64) * np.asarray(wd, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return lw < (2.0 * (1.0 + np.asarray(momentum, dtype=np.float64)) if coupled else 1.0)
+
+
 def _check_fixed_point_exists(
     lr: NDArray[np.float64], wd: NDArray[np.float64], a: NDArray[np.float64]
 ) -> None:
     """Thm 2's fixed point needs 2 − λη/(1+α) > 0; past it there is no positive fixed point."""
     _require(
-        lr * wd < 2.0 * (1.0 + a), "lr * wd", lr * wd, "< 2 * (1 + momentum) for an equilibrium to exist"
+        equilibrium_exists(lr, wd, a), "lr * wd", lr * wd, "< 2 * (1 + momentum) for an equilibrium to exist"
     )
 
 
@@ -510,7 +522,12 @@ def adamw_weight_norm(lr: ArrayLike, wd: ArrayLike, numel: ArrayLike, beta1: Arr
 def _decayed(lr: ArrayLike, wd: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(η, λ) validated for a decoupled decay w ← (1 − ηλ)w, which needs ηλ < 1."""
     eta, lam = _lr(lr), _wd(wd)
-    _require(eta * lam < 1, "lr * wd", eta * lam, "< 1 (the decay factor 1 − lr·wd must stay positive)")
+    _require(
+        equilibrium_exists(eta, lam, coupled=False),
+        "lr * wd",
+        eta * lam,
+        "< 1 (the decay factor 1 − lr·wd must stay positive)",
+    )
     return eta, lam
 
 
@@ -527,10 +544,9 @@ def _rotational(
     for i in range(flat[0].size):
         if flat[1][i] > 0:
             d = float(flat[0][i] * flat[1][i])
-            a = 1.0 - d
-            r_a = r_of(a, *(float(p[i]) for p in flat[2:]))
-            delta[i] = _decor.radial_corrected_angle(a, r_a, d)
-            growth[i] = r_a / (d * (2.0 - d))  # 1 − a², without its cancellation at tiny ηλ
+            r_a = r_of(1.0 - d, *(float(p[i]) for p in flat[2:]))
+            delta[i] = _decor.radial_corrected_angle(d, r_a)
+            growth[i] = r_a / (d * (2.0 - d))  # 1 − a², a = 1 − ηλ, without its cancellation at tiny ηλ
     return delta.reshape(shape), growth.reshape(shape)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from smdyn import rules, theory
+from smdyn._plan_setup import DEFAULTS, default_beta2
 
 #: optimizer name → (builder of the torch optimizer on a list of params, label, source, assumptions)
 _KINDS: dict[str, tuple[Callable[[list[torch.Tensor], argparse.Namespace], Any], str, str, str]] = {
@@ -98,23 +99,22 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"--shape: Muon trains 2-D weights only, got {len(args.shape)} dimensions")
 
 
-#: The optimizers' own defaults of (momentum or β₁ or μ, β₂), as torch and Lion's paper set them: a rule's
-#: Δ* depends on them (AdamW's by √((1−β₁)/(1+β₁))), so an unset option must not read as 0.
-_DEFAULTS = {
-    "sgd": (0.0, None),
-    "nesterov": (0.0, None),
-    "adamw": (0.9, 0.999),
-    "radam": (0.9, 0.999),
-    "muon": (0.95, None),
-    "lion": (0.9, 0.99),
+#: The family whose defaults (``smdyn._plan_setup.DEFAULTS``) each ``--optimizer`` takes.
+_FAMILY = {
+    "sgd": "sgd",
+    "nesterov": "sgd",
+    "adamw": "adamw",
+    "radam": "adamw",
+    "muon": "muon",
+    "lion": "lion",
 }
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the rule's Δ*, w*, relaxation time and norm exponent; bad input exits 2 naming the argument."""
-    momentum, beta2 = _DEFAULTS[args.optimizer]
-    args.momentum = momentum if args.momentum is None else args.momentum
-    args.beta2 = (beta2 if beta2 is not None else 0.999) if args.beta2 is None else args.beta2
+    family = _FAMILY[args.optimizer]
+    args.momentum = DEFAULTS[family][0] if args.momentum is None else args.momentum
+    args.beta2 = default_beta2(family) if args.beta2 is None else args.beta2
     if args.optimizer == "nesterov" and args.momentum == 0:
         print("smdyn theory: --momentum must be > 0 for Nesterov", file=sys.stderr)
         return 2

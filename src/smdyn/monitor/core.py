@@ -211,18 +211,15 @@ class SphericalMonitor:
             return None  # nested step() of a subclass: this step is already being measured
         self._outer = (id(caller), caller.f_code)
         self._current = None
-        if closure_of(args, kwargs) is not None:
+        if closure_of(args, kwargs) is not None:  # measured after the closure: every pre-hook has run
             return after_first_call(args, kwargs, self._before_step)
-        try:
-            after = _runs_after_me(optimizer, self._handles[0].id)
-        except Exception:  # an odd hook object: the order cannot be read, so it is not judged
-            after = ""
-        self._before_step(after)
+        self._before_step(in_pre_hook=True)
         return None
 
-    def _before_step(self, hook_after: str = "") -> None:
-        """``hook_after``: a step pre-hook that runs after this one this step (registered later; it is moved
-        behind after the step): the gradient it leaves is not the one measured now, so nothing is."""
+    def _before_step(self, in_pre_hook: bool = False) -> None:
+        """Measure a recorded step. In the pre-hook, a step pre-hook that runs after this one (registered
+        later; it is moved behind after the step) would change the gradient after it is measured: then
+        nothing is measured, and the rows say why."""
         recording = False
         try:
             if self._capture is not None:
@@ -230,7 +227,8 @@ class SphericalMonitor:
             self._sync_groups()
             self._lr.watch(self.optimizer, self.step)
             recording = self._recording(self.step)
-            if recording and hook_after:
+            hook_after = in_pre_hook and recording and _runs_after_me(self.optimizer, self._handles[0].id)
+            if hook_after:
                 why = f"step pre-hook {hook_after} ran after the monitor's measurement point (from the next "
                 why += "step on it runs before it)"
                 self._warn_once("order", f"smdyn monitor did not measure step {self.step}: {why}")
@@ -296,8 +294,8 @@ class SphericalMonitor:
         inv_scale = torch.reciprocal(scale) if isinstance(scale, torch.Tensor) else None
         found_inf = getattr(opt, "found_inf", None)
         found_inf = found_inf if isinstance(found_inf, torch.Tensor) else None
-        turned = _control.held_by(opt, _MOVES_AFTER_STEP)  # weights a control moves after the step
-        unseen = _control.moved_after_hooks(opt)  # ... after step() returns: no hook sees the step applied
+        # weights a control moves after the optimizer's update, and those it moves after step() returns
+        turned, unseen = _control.moved_after_step(opt, _MOVES_AFTER_STEP)
         hparams = [r.hparams(g) for r, g in zip(rules, groups, strict=True)]
         with_coeffs = [r.coefficients is not None for r in rules]
         known_coeffs: dict[tuple[int, bool], Any] = {}  # (group, has buffer) → (a, b, c): once per step
@@ -414,16 +412,9 @@ class SphericalMonitor:
                 sink.write(batch)
             except Exception as exc:  # a full disk must not stop training; the records stay in memory
                 self._sink_failed = True
-                kept = self._history.max_rows
-                where = (
-                    "they are kept in memory"
-                    if kept is None
-                    else "they are not kept in memory (history_rows=0 or keep_history=False)"
-                    if kept == 0
-                    else f"the latest {kept} rows are kept in memory"
-                )
+                kept = _rows_kept(self._history.max_rows)
                 self._warn_once(
-                    f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}; {where}"
+                    f"sink{id(sink)}", f"smdyn: sink {type(sink).__name__} failed: {exc!r}; {kept}"
                 )
 
     # ------------------------------------------------------------------ public
@@ -589,6 +580,15 @@ def _is_ancestor(outer: tuple[int, Any], frame: Any) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _rows_kept(max_rows: int | None) -> str:
+    """Where a failed sink's rows are, for its warning."""
+    if max_rows is None:
+        return "they are kept in memory"
+    if max_rows == 0:
+        return "they are not kept in memory (history_rows=0 or keep_history=False)"
+    return f"the latest {max_rows} rows are kept in memory"
 
 
 def _same_settings(rules: list[Rule], hparams: list[tuple], gi: int | None, gi0: int | None) -> bool:

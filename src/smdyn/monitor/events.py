@@ -46,7 +46,13 @@ class LrEvents:
             rule = rule_for(optimizer, group)
             _, wd, mom = rule.hparams(group)
             lag = math.nan  # Corollary 3.1 is derived for plain heavy ball only
-            if rule.heavy_ball and rule.theory and wd > 0 and 0 <= mom < 1 and lr * wd < 2 * (1 + mom):
+            if (
+                rule.heavy_ball
+                and rule.theory
+                and wd > 0
+                and 0 <= mom < 1
+                and theory.equilibrium_exists(lr, wd, mom)
+            ):
                 lag = float(theory.steps_to_new_equilibrium(ref / lr, lr, wd, mom))
             self.events.append(
                 {"step": step, "group": gi, "lr_before": ref, "lr_after": lr, "steps_to_new": lag}

@@ -63,9 +63,16 @@ def from_found(model: nn.Module, found: list[Any], per_channel: bool) -> list[Un
         if any(named[n].is_complex() for n in f.params):
             warnings.warn(f"{f.name}: complex parameters are not monitored (see make_unit)", stacklevel=4)
             continue
-        norms = [modules[n] for n in f.norm.split(",") if n in modules and f.kind != "weight_norm"]
+        norms = _norm_modules(f, modules)
         units.append(make_unit(f.name, [named[n] for n in f.params], per_channel and f.per_channel, norms))
     return units
+
+
+def _norm_modules(found: Any, modules: dict[str, nn.Module]) -> list[nn.Module]:
+    """The normalising modules of a detection result (none for weight norm, which needs no layer)."""
+    if found.kind == "weight_norm":
+        return []
+    return [modules[n] for n in found.norm.split(",") if n in modules]
 
 
 def resolve(
@@ -112,7 +119,7 @@ def _running_stat_norms(model: nn.Module, tensors: list[nn.Parameter]) -> dict[i
     wanted = {id(t) for t in tensors}
     out: dict[int, list[nn.Module]] = {}
     for f in found:
-        mods = [modules[n] for n in f.norm.split(",") if n in modules and f.kind != "weight_norm"]
+        mods = _norm_modules(f, modules)
         for n in f.params:
             if id(named[n]) in wanted and mods:
                 out.setdefault(id(named[n]), mods)

@@ -54,11 +54,13 @@ def step_theory(
     has = np.array([r.theory for r in rules], dtype=bool)
     for i in np.flatnonzero(~has):
         code[i], note[i] = "no_theory", rules[i].note or REASONS["no_theory"]
-    # an equilibrium needs lr·wd < 2(1 + α) under coupled decay, < 1 under decoupled (1 − ηλ > 0)
-    limit = np.where(np.array([r.family == "sgd" for r in rules], dtype=bool), 2.0 * (1.0 + mom), 1.0)
+    coupled = np.array([r.family == "sgd" for r in rules], dtype=bool)
+    exists = np.where(
+        coupled, theory.equilibrium_exists(lr, wd, mom), theory.equilibrium_exists(lr, wd, coupled=False)
+    )
     with np.errstate(invalid="ignore"):
         valid = has & np.isfinite(lr) & (lr > 0) & np.isfinite(wd) & (wd >= 0) & (mom >= 0) & (mom < 1)
-        valid &= lr * wd < limit
+        valid &= exists
     bad = has & ~valid
     code[bad], note[bad] = "bad_hparams", REASONS["bad_hparams"]
     no_wd = valid & (wd == 0)
