@@ -115,6 +115,7 @@ WINDOW = 100  # the monitor's window (steps): l_estimate and the windowed RMS Δ
 WARMUP, FLOOR = 0.05, 0.02  # warm-up fraction of the run; final lr as a fraction of the peak
 DROP_AT, DROP_AFTER = 1500, 4000  # the step drop: steps before it (15 relaxation times), steps after
 PERCENTS = (50, 90, 100)
+FORECAST_AT = 0.5  # fraction of the run at which smdyn.forecast reads the monitor
 CONTROLS = ("none", "corrected_decay", "rescale", "rotation")
 BETA2 = 0.999  # AdamW's β₂ here, and the lag of its normaliser in the budget reading
 
@@ -155,6 +156,7 @@ class Run:
     accuracy: float
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    forecast: smdyn.Forecast | None = None  # made by smdyn.forecast at FORECAST_AT of the run
 
 
 def _model() -> nn.Sequential:
@@ -215,10 +217,14 @@ def train(rule: Rule, control: str, seed: int, steps: int, multiplier: Callable[
     gen = torch.Generator().manual_seed(1000 + seed)
     loss_fn = nn.CrossEntropyLoss()
     lrs = np.empty(steps)
+    forecast_at = round(FORECAST_AT * steps) if control == "none" else -1
+    ahead = None
     t0 = time.perf_counter()
     for t in range(steps):
         if control == "rescale" and t == warmup:  # from a fresh init: leave the warm-up alone
             smdyn.Rescaler(opt, model=model, mode="continuous")
+        if t == forecast_at:  # what the monitor's records say of the rest of the run
+            ahead = smdyn.forecast(monitor, sched, steps - t)
         x, y, _ = _batch(teacher, BATCH, gen)
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
@@ -232,7 +238,7 @@ def train(rule: Rule, control: str, seed: int, steps: int, multiplier: Callable[
     with torch.no_grad():
         out = model(x)
     loss, acc = float(loss_fn(out, noisy)), float((out.argmax(1) == clean).float().mean())
-    return Run(columns, lrs, loss, acc, seconds)
+    return Run(columns, lrs, loss, acc, seconds, forecast=ahead)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,14 +260,18 @@ def predicted_norms(
     use_l: bool,
     numel: list[float] | None = None,
     control: str = "none",
+    fixed_l: tuple[float, float] | None = None,
 ) -> list[smdyn.PlanResult]:
     """One plan per layer, from its measured initial norm (and its measured L_t when ``use_l``); the
-    ``rescale`` control as ``train`` builds it: continuous, from the end of the warm-up."""
+    ``rescale`` control as ``train`` builds it: continuous, from the end of the warm-up; ``fixed_l``: L held
+    at its mean over that part of the run (what a plan made early in training knows)."""
     c, steps = run.columns, len(run.lr)
     plans = []
     for i in range(c["weight_norm"].shape[0]):
         ell = c["l_estimate"][i]
         ell = np.where(np.isfinite(ell) & (ell > 0), ell, np.nanmedian(ell))
+        if fixed_l is not None:
+            ell = np.full_like(ell, np.mean(ell[_window(steps, *fixed_l)]))
         plans.append(
             smdyn.plan(
                 schedule,
@@ -286,7 +296,10 @@ def planned_variants(rule: Rule, run: Run) -> dict[str, list[smdyn.PlanResult]]:
     and with the norm's scale fitted per layer (C_eff = C·(measured/planned ‖w‖)² over 10–20% of the run)."""
     steps = len(run.lr)
     if rule.name == "sgdm":
-        return {"L_t measured": predicted_norms(rule, run, _schedule(steps), use_l=True)}
+        return {
+            "L_t measured": predicted_norms(rule, run, _schedule(steps), use_l=True),
+            "L fit 10-20%": predicted_norms(rule, run, _schedule(steps), use_l=True, fixed_l=(0.1, 0.2)),
+        }
     plain = predicted_norms(rule, run, _schedule(steps), use_l=False)
     fit = _window(steps, 0.1, 0.2)
     scale = [
@@ -316,6 +329,26 @@ def grad_weight_ratios(run: Run, plans: list[smdyn.PlanResult]) -> list[tuple[fl
     for p in PERCENTS:
         s = _around(steps, p)
         out.append((float(np.nanmean(c["grad_to_weight_ratio"][:, s])), float(np.nanmean(predicted[:, s]))))
+    return out
+
+
+def forecast_ratios(run: Run) -> list[tuple[float, float]]:
+    """(measured, predicted) ‖g‖/‖w‖ at the points of PERCENTS after the forecast's start, predicted =
+    measured ‖g̃‖ / the norm :func:`smdyn.forecast` gave from the monitor's records at FORECAST_AT."""
+    c, steps, f = run.columns, len(run.lr), run.forecast
+    assert f is not None, "the run made no forecast"
+    names = sorted(f.plans)  # the rows of run.columns, in _per_layer's order
+    w_plan = np.full(c["weight_norm"].shape, np.nan)
+    for i, name in enumerate(names):
+        w_plan[i, f.start : f.end] = f.plans[name].runs["none"]["weight_norm"]
+    predicted = np.sqrt(c["unit_grad_sq"]) / w_plan**2
+    out = []
+    for p in PERCENTS:
+        s = _around(steps, p)
+        if s.start >= f.start:
+            out.append(
+                (float(np.nanmean(c["grad_to_weight_ratio"][:, s])), float(np.nanmean(predicted[:, s])))
+            )
     return out
 
 
@@ -450,12 +483,19 @@ def part_one(rules: dict[str, Rule], runs: dict, plans: dict) -> None:
                 grad_weight_ratios(r, p[variant])
                 for r, p in zip(runs[name, "none"], plans[name], strict=True)
             ]
-            for k, pc in enumerate(PERCENTS):
-                meas = np.array([s[k][0] for s in per_seed])
-                pred = np.array([s[k][1] for s in per_seed])
-                q = pred / meas
-                print(f"{name:<6} {variant:<14} {pc:>4}%  {meas.mean():8.4f}  {pred.mean():9.4f}  "
-                      f"{np.mean(q):.3f} ({_range(q)})")  # fmt: skip
+            _print_ratios(name, variant, PERCENTS, per_seed)
+        per_seed = [forecast_ratios(r) for r in runs[name, "none"]]
+        points = PERCENTS[len(PERCENTS) - len(per_seed[0]) :]
+        _print_ratios(name, f"forecast@{round(100 * FORECAST_AT)}%", points, per_seed)
+
+
+def _print_ratios(name: str, variant: str, points: tuple[int, ...], per_seed: list) -> None:
+    for k, pc in enumerate(points):
+        meas = np.array([s[k][0] for s in per_seed])
+        pred = np.array([s[k][1] for s in per_seed])
+        q = pred / meas
+        print(f"{name:<6} {variant:<14} {pc:>4}%  {meas.mean():8.4f}  {pred.mean():9.4f}  "
+              f"{np.mean(q):.3f} ({_range(q)})")  # fmt: skip
 
 
 def part_two(rules: dict[str, Rule], runs: dict, plans: dict, controls: tuple[str, ...]) -> None:
@@ -474,7 +514,7 @@ def part_two(rules: dict[str, Rule], runs: dict, plans: dict, controls: tuple[st
             loss = _mean_sd([r.loss for r in rs])
             print(f"{name:<6} {control:<15}  {_range(d):<11}  {_range(g):<12}  {loss}  {_mean_sd(acc)}  "
                   f"{np.mean(paired):+.4f} ± {np.std(paired):.4f}")  # fmt: skip
-            variant = list(plans[name][0])[-1]
+            variant = "L_t measured" if name == "sgdm" else "w* scale fit"
             if control == "none":
                 late = [planned_late(p[variant]) for p in plans[name]]
             elif control == "rescale":

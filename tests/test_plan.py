@@ -792,3 +792,77 @@ def test_odd_inputs_are_refused_naming_what_is_wrong() -> None:
 
 def sch_step(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.StepLR:
     return torch.optim.lr_scheduler.StepLR(opt, 5)
+
+
+def test_adamw_plan_from_far_below_its_equilibrium_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From w0 = 1 with w* = √(ηC/2λ) = 7.2 the first steps set the approach: Adam's bias-corrected early
+    steps grow ‖w‖² 1.0-1.6 × η²C a step where the steady step grows it by η²C (``bias_growth``), and its
+    momentum holds gradients from when the norm was smaller (the β₁-averages of σ²). Measured: without
+    both the plan's ‖w‖ was up to 28% low and its Δ 59%; with them 2.7% and 12.6% (Δ over the first tens
+    of steps, where each element's v̂ averages a few g² and E[m̂²/v̂] exceeds E m̂²/E v̂)."""
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    steps, lr, wd, b1, dim, w0 = 600, 1e-2, 0.1, 0.9, 1024, 1.0
+    result = plan(None, lr, wd, b1, steps=steps, optimizer="adamw", numel=dim, w0=w0, control="none")
+    deltas, norms = _adamw_vectors(result.lr, wd, b1, w0, dim=dim)
+    run = result.runs["none"]
+    err_w = np.abs(run["weight_norm"] / norms - 1)
+    err_d = np.abs(run["angular_update"] / deltas - 1)
+    print(f"max |‖w‖ err| {err_w.max():.4f}, max |Δ err| {err_d.max():.4f} at step {err_d.argmax()}")
+    assert norms[-1] / norms[0] > 4  # the norm grew 1 → 4.6
+    assert err_w.max() < 0.04 and err_d.max() < 0.15
+
+
+def test_bias_growth_matches_its_sums_written_out() -> None:
+    from smdyn._plan_models import bias_growth
+
+    for b in (0.5, 0.9, 0.95):
+        g = bias_growth(b)
+        for n in (n for n in (1, 2, 3, 7, 30, 60) if n < len(g)):
+            c = {
+                (k, i): (1 - b) * b ** (k - i) / (1 - b**k) for k in range(1, n + 1) for i in range(1, k + 1)
+            }
+            brute = sum(
+                c[n, i] * (2 * sum(c[k, i] for k in range(i, n + 1)) - c[n, i]) for i in range(1, n + 1)
+            )
+            assert g[n] == pytest.approx(brute, rel=1e-12), (b, n)
+        assert abs(g[-1] - 1) < 1e-10 and g[1] == pytest.approx(1.0) and g[2:30].max() > 1.2
+
+
+def test_the_held_stepper_is_the_general_step() -> None:
+    from smdyn._plan_models import DecoupledState
+    from smdyn._plan_setup import setup
+
+    su = setup(None, 1e-3, 0.1, 0.9, "adamw", None, 4096, None, None, 0, 10, False)
+    model = su.model
+    stepper = model.stepper(1e-3, 0.1, 2.0)
+    a = b = DecoupledState(3.0, 0.5, -1)
+    for _ in range(300):
+        a, da = stepper(a)
+        b, db = model.step(b, 1e-3, 0.1, 2.0)
+        assert da == pytest.approx(db, rel=1e-13)
+    np.testing.assert_allclose(tuple(a), tuple(b), rtol=1e-13)
+
+
+def test_optimizer_state_is_checked_and_starts_the_plan_mid_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_PLAN_MODULE, "_HELD_CAP", 1000)
+    kw = {"lr": 1e-3, "wd": 0.1, "optimizer": "adamw", "numel": 1024, "steps": 50, "control": "none"}
+    with pytest.raises(ValueError, match="needs w0"):
+        plan(None, optimizer_state={}, **kw)
+    for bad, match in (
+        ({"step": 3}, "unknown keys"),
+        ({"steps": -1}, "steps'\\] must be"),
+        ({"steps": 2.0}, "steps'\\] must be"),
+        ({"second_moment": 0.0}, "finite number > 0"),
+        ([("steps", 3)], "must be a mapping"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            plan(None, w0=2.0, optimizer_state=bad, **kw)  # type: ignore[arg-type]
+    fresh = plan(None, w0=2.0, **kw).runs["none"]["angular_update"]
+    warm = plan(None, w0=2.0, optimizer_state={}, **kw).runs["none"]["angular_update"]
+    # a fresh Adam's first step is g/|g| (19× the steady step's square at β₁ = 0.9); a warm one's is not
+    assert fresh[0] / warm[0] == pytest.approx(math.sqrt(19), rel=1e-3)
+    # v̂ holding twice the current ‖g‖²: the steps are 1/√2 of the in-step ones (ρ² = σ²/v̂)
+    lagged = plan(None, w0=2.0, L=4.0, optimizer_state={"steps": 10_000, "second_moment": 2.0}, **kw)
+    in_step = plan(None, w0=2.0, L=4.0, optimizer_state={"steps": 10_000, "second_moment": 1.0}, **kw)
+    ratio = lagged.runs["none"]["angular_update"][0] / in_step.runs["none"]["angular_update"][0]
+    assert ratio == pytest.approx(math.sqrt((0.999 * 1.0 + 0.001) / (0.999 * 2.0 + 0.001)), rel=1e-5)  # atan2

@@ -7,6 +7,7 @@ Weight Decay", NeurIPS 2021).
 
 from smdyn import geometry, theory
 from smdyn.corrected_decay import CorrectedWeightDecay
+from smdyn.forecast import Forecast, forecast
 from smdyn.invariance import InvariantParam, find_scale_invariant
 from smdyn.monitor import SphericalMonitor
 from smdyn.plan import PlanResult, plan
@@ -16,6 +17,7 @@ from smdyn.simulation import SimulationResult, simulate
 
 __all__ = [
     "CorrectedWeightDecay",
+    "Forecast",
     "InvariantParam",
     "PlanResult",
     "Rescaler",
@@ -23,6 +25,7 @@ __all__ = [
     "SimulationResult",
     "SphericalMonitor",
     "find_scale_invariant",
+    "forecast",
     "geometry",
     "plan",
     "simulate",

@@ -324,6 +324,7 @@ def plan(
     beta2: float | None = None,
     group: int = 0,
     rescale_from: int | None = None,
+    optimizer_state: Mapping[str, Any] | None = None,
 ) -> PlanResult:
     """Predict Δ*_t, Δ_t and ‖w_t‖ for a schedule, rule and control, and the lag after each lr change.
 
@@ -369,6 +370,11 @@ def plan(
             warm-up, the first step at the schedule's peak lr (0 when the run starts at its peak), as the
             Rescaler's own documentation advises; 0 rescales through the warm-up (a fresh norm scaled up
             by (η_peak/η₀)^¼).
+        optimizer_state: with ``w0``, a plan that starts mid-run (:func:`smdyn.forecast`): the optimizer's
+            ``steps`` taken so far and, for AdamW, its ``second_moment`` Σ exp_avg_sq over the weight's
+            elements (the average of ‖g‖² its normaliser holds, in the units of ``L``/‖w‖²); ``{}`` for a
+            warmed-up state whose normaliser is in step with the gradient. Default: empty (a fresh start).
+            The SGD recurrence starts at rest either way (its buffer is forgotten within ~1/(1−α) steps).
 
     Returns:
         A :class:`PlanResult`.
@@ -377,6 +383,7 @@ def plan(
         ValueError, TypeError: for bad arguments, naming the argument.
     """
     steps, w0, reference_lr = _check_plan_args(steps, tol, w0, reference_lr)
+    warm = _check_optimizer_state(optimizer_state, w0)
     variants = controls(control, rescale)
     check_rule_args(mode, threshold, floor)
     su = setup(schedule, lr, wd, momentum, optimizer, rule, numel, shape, beta2, group, steps, w0 is not None)
@@ -397,7 +404,7 @@ def plan(
     for name in variants:
         rule = lr_rule if name == "rescaled" else None
         traj, runs[name] = _run_control(
-            name, su, lrs, ls, decays[name], w0, rule, attach, bounds, star, w_star
+            name, su, lrs, ls, decays[name], w0, rule, attach, bounds, star, w_star, warm
         )
         early[name] = _plan_series.early_excess(runs[name]["delta_ratio"])
         ref = traj.states.pop("ref")
@@ -424,6 +431,28 @@ def _check_plan_args(
     w0 = None if w0 is None else _number("w0", w0)
     reference_lr = None if reference_lr is None else _number("reference_lr", reference_lr)
     return int(steps), w0, reference_lr
+
+
+def _check_optimizer_state(state: Any, w0: float | None) -> dict[str, Any] | None:
+    """``optimizer_state`` as {"steps": int >= 0, "second_moment": float > 0}, either optional, or None."""
+    if state is None:
+        return None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"optimizer_state must be a mapping or None, got {type(state).__name__}")
+    if w0 is None:
+        raise ValueError("optimizer_state needs w0: it is the state of a run at the norm w0")
+    extra = set(state) - {"steps", "second_moment"}
+    if extra:
+        raise ValueError(f"optimizer_state: unknown keys {sorted(extra)} (known: 'steps', 'second_moment')")
+    out: dict[str, Any] = {}
+    if "steps" in state:
+        k = state["steps"]
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"optimizer_state['steps'] must be an int >= 0, got {k!r}")
+        out["steps"] = int(k)
+    if "second_moment" in state:
+        out["second_moment"] = _number("optimizer_state['second_moment']", state["second_moment"])
+    return out
 
 
 def _settings(
@@ -471,6 +500,7 @@ def _run_control(
     bounds: Sequence[int],
     star: Array,
     w_star: Array,
+    warm: Mapping[str, Any] | None = None,
 ) -> tuple[_Trajectory, dict[str, Array]]:
     """One control's trajectory and its per-step series (the fixed-point Δ stored as ``states["ref"]``)."""
     model, steps = su.model, len(lrs)
@@ -478,7 +508,7 @@ def _run_control(
         fixed = float(w_star[0]) if w0 is None else w0
         traj, d_star, n_star, ref = _rotation(star, fixed), star, np.full(steps, fixed), star
     else:
-        start = model.start(w0, float(lrs[0]), float(wds[0]), float(ls[0]))
+        start = model.start(w0, float(lrs[0]), float(wds[0]), float(ls[0]), warm)
         traj = _simulate(model, lrs, ls, wds, start, lr_rule, bounds[1:], attach)
         d_star, n_star = (star, w_star) if name != "corrected_decay" else model.theory(su.rule, lrs, wds, ls)
         ref = model.fixed_delta(lrs, wds)
