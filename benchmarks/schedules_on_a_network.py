@@ -115,8 +115,9 @@ WINDOW = 100  # the monitor's window (steps): l_estimate and the windowed RMS Δ
 WARMUP, FLOOR = 0.05, 0.02  # warm-up fraction of the run; final lr as a fraction of the peak
 DROP_AT, DROP_AFTER = 1500, 4000  # the step drop: steps before it (15 relaxation times), steps after
 PERCENTS = (50, 90, 100)
-FORECAST_AT = 0.5  # fraction of the run at which smdyn.forecast reads the monitor
-CONTROLS = ("none", "corrected_decay", "rescale", "rotation")
+FORECAST_AT = (0.5, 0.7)  # fractions of the run at which smdyn.forecast reads the monitor
+CONTROLS = ("none", "corrected_decay", "corrected_growth", "rescale", "rotation")
+DECOUPLED_ONLY = ("corrected_growth",)  # CorrectedWeightDecay(track_growth=True): refused under SGD
 BETA2 = 0.999  # AdamW's β₂ here, and the lag of its normaliser in the budget reading
 
 
@@ -156,7 +157,7 @@ class Run:
     accuracy: float
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
-    forecast: smdyn.Forecast | None = None  # made by smdyn.forecast at FORECAST_AT of the run
+    forecasts: dict[float, smdyn.Forecast] = field(default_factory=dict)  # smdyn.forecast at FORECAST_AT
 
 
 def _model() -> nn.Sequential:
@@ -211,20 +212,22 @@ def train(rule: Rule, control: str, seed: int, steps: int, multiplier: Callable[
     monitor = smdyn.SphericalMonitor(model, opt, window=WINDOW, flush_every=500)
     if control == "corrected_decay":
         smdyn.CorrectedWeightDecay(model, opt)
+    elif control == "corrected_growth":
+        smdyn.CorrectedWeightDecay(model, opt, track_growth=True)
     elif control == "rotation":
         smdyn.RotationController(model, opt)
     warmup = round(WARMUP * steps)
     gen = torch.Generator().manual_seed(1000 + seed)
     loss_fn = nn.CrossEntropyLoss()
     lrs = np.empty(steps)
-    forecast_at = round(FORECAST_AT * steps) if control == "none" else -1
-    ahead = None
+    forecast_at = {round(f * steps): f for f in FORECAST_AT} if control == "none" else {}
+    ahead = {}
     t0 = time.perf_counter()
     for t in range(steps):
         if control == "rescale" and t == warmup:  # from a fresh init: leave the warm-up alone
             smdyn.Rescaler(opt, model=model, mode="continuous")
-        if t == forecast_at:  # what the monitor's records say of the rest of the run
-            ahead = smdyn.forecast(monitor, sched, steps - t)
+        if t in forecast_at:  # what the monitor's records say of the rest of the run
+            ahead[forecast_at[t]] = smdyn.forecast(monitor, sched, steps - t)
         x, y, _ = _batch(teacher, BATCH, gen)
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
@@ -238,7 +241,7 @@ def train(rule: Rule, control: str, seed: int, steps: int, multiplier: Callable[
     with torch.no_grad():
         out = model(x)
     loss, acc = float(loss_fn(out, noisy)), float((out.argmax(1) == clean).float().mean())
-    return Run(columns, lrs, loss, acc, seconds, forecast=ahead)
+    return Run(columns, lrs, loss, acc, seconds, forecasts=ahead)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,11 +335,10 @@ def grad_weight_ratios(run: Run, plans: list[smdyn.PlanResult]) -> list[tuple[fl
     return out
 
 
-def forecast_ratios(run: Run) -> list[tuple[float, float]]:
+def forecast_ratios(run: Run, at: float) -> list[tuple[float, float]]:
     """(measured, predicted) ‖g‖/‖w‖ at the points of PERCENTS after the forecast's start, predicted =
-    measured ‖g̃‖ / the norm :func:`smdyn.forecast` gave from the monitor's records at FORECAST_AT."""
-    c, steps, f = run.columns, len(run.lr), run.forecast
-    assert f is not None, "the run made no forecast"
+    measured ‖g̃‖ / the norm :func:`smdyn.forecast` gave from the monitor's records at ``at`` of the run."""
+    c, steps, f = run.columns, len(run.lr), run.forecasts[at]
     names = sorted(f.plans)  # the rows of run.columns, in _per_layer's order
     w_plan = np.full(c["weight_norm"].shape, np.nan)
     for i, name in enumerate(names):
@@ -484,9 +486,10 @@ def part_one(rules: dict[str, Rule], runs: dict, plans: dict) -> None:
                 for r, p in zip(runs[name, "none"], plans[name], strict=True)
             ]
             _print_ratios(name, variant, PERCENTS, per_seed)
-        per_seed = [forecast_ratios(r) for r in runs[name, "none"]]
-        points = PERCENTS[len(PERCENTS) - len(per_seed[0]) :]
-        _print_ratios(name, f"forecast@{round(100 * FORECAST_AT)}%", points, per_seed)
+        for at in FORECAST_AT:
+            per_seed = [forecast_ratios(r, at) for r in runs[name, "none"]]
+            points = PERCENTS[len(PERCENTS) - len(per_seed[0]) :]
+            _print_ratios(name, f"forecast@{round(100 * at)}%", points, per_seed)
 
 
 def _print_ratios(name: str, variant: str, points: tuple[int, ...], per_seed: list) -> None:
@@ -506,6 +509,8 @@ def part_two(rules: dict[str, Rule], runs: dict, plans: dict, controls: tuple[st
     for name in rules:
         base = [r.accuracy for r in runs[name, "none"]]
         for control in controls:
+            if (name, control) not in runs:
+                continue
             rs = runs[name, control]
             late = [measured_late(r) for r in rs]
             d, g = np.concatenate([x[0] for x in late]), np.concatenate([x[1] for x in late])
@@ -541,7 +546,8 @@ def main() -> None:
     t0 = time.perf_counter()
     rules = {"sgdm": SGDM, "adamw": ADAMW}
     runs = {(n, c): [train(r, c, s, args.steps, _schedule(args.steps)) for s in range(args.seeds)]
-            for n, r in rules.items() for c in args.controls}  # fmt: skip
+            for n, r in rules.items() for c in args.controls
+            if not (n == "sgdm" and c in DECOUPLED_ONLY)}  # fmt: skip
     plans = {n: [planned_variants(r, run) for run in runs[n, "none"]] for n, r in rules.items()}
     part_one(rules, runs, plans)
     part_budget(runs["adamw", "none"])

@@ -226,7 +226,7 @@ def test_every_rule_with_decay_gets_lambda_t(kind: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "adamw-tracked"])
 def test_resume_is_bit_identical(optimizer: str) -> None:
     def build() -> tuple[nn.Module, torch.optim.Optimizer, sch.LRScheduler, CorrectedWeightDecay]:
         model = _net()
@@ -237,7 +237,7 @@ def test_resume_is_bit_identical(optimizer: str) -> None:
         else:
             opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
         sched = sch.LambdaLR(opt, lambda t: SCHEDULE[t] / 0.1)
-        return model, opt, sched, CorrectedWeightDecay(model, opt)
+        return model, opt, sched, CorrectedWeightDecay(model, opt, track_growth=optimizer == "adamw-tracked")
 
     def run(model: nn.Module, opt: torch.optim.Optimizer, sched: sch.LRScheduler, steps: range) -> None:
         for t in steps:
@@ -475,3 +475,50 @@ def test_step_with_a_closure_decays_the_weights_the_closure_gives_a_gradient() -
         for n, p in model.named_parameters():
             assert not torch.equal(p, before[n])
             torch.testing.assert_close(p, names[n], rtol=1e-6, atol=1e-7)
+
+
+def _correlated_adamw(track: bool, steps: int = 3000, switch: int = 1000) -> tuple[list[float], list[float]]:
+    """float64 AdamW on 16 scale-invariant weights of 1024 elements, lr 1e-2 then 5e-3 from ``switch``; the
+    gradient is noise ⟂ w whose correlation from step to step turns from −0.5 to +0.5 at the same step: the
+    steps then add up instead of cancelling and ‖w‖² grows ~9× faster per η² ((1+φ)/(1−φ): 1/3 → 3), so
+    under λ_t ∝ η_t alone the equilibrium norm rises ~3×. Returns the mean ‖w‖ and λ_t every 100 steps.
+    Measured over the 2000 steps after the switch: λ ∝ η, ‖w‖ 4.63 → 8.04; tracked, 4.63 → 4.52 with λ_t
+    0.05 → 0.33."""
+    gen = torch.Generator().manual_seed(0)
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.randn(16, 1024, generator=gen, dtype=torch.float64) * 5 / 32)
+    opt = torch.optim.AdamW([holder.w], lr=1e-2, weight_decay=0.1)
+    cwd = CorrectedWeightDecay([("w", holder.w)], opt, track_growth=track)
+    xi = torch.randn(16, 1024, generator=gen, dtype=torch.float64)
+    norms, decays = [], []
+    for t in range(steps):
+        phi = -0.5 if t < switch else 0.5
+        opt.param_groups[0]["lr"] = 1e-2 if t < switch else 5e-3
+        xi = phi * xi + math.sqrt(1 - phi * phi) * torch.randn(16, 1024, generator=gen, dtype=torch.float64)
+        w = holder.w
+        opt.zero_grad()
+        (w / w.norm(dim=1, keepdim=True) * xi).sum().backward()
+        opt.step()
+        if t % 100 == 99:
+            norms.append(float(holder.w.detach().norm(dim=1).mean()))
+            decays.append(cwd.weight_decay[0])
+    return norms, decays
+
+
+def test_tracked_growth_holds_the_norm_when_the_gradients_change() -> None:
+    torch.set_num_threads(1)
+    plain, plain_wd = _correlated_adamw(False)
+    tracked, tracked_wd = _correlated_adamw(True)
+    before = 9  # the mean norm at step 1000, the switch
+    assert plain_wd[-1] == pytest.approx(0.05)  # λ·η_t/η_max
+    assert plain[-1] / plain[before] > 1.3, plain  # the norm follows the gradients up
+    assert abs(tracked[-1] / tracked[before] - 1) < 0.1, tracked
+    assert tracked_wd[-1] / plain_wd[-1] > 2  # λ_t rose with the measured growth
+
+
+def test_tracked_growth_is_refused_for_coupled_decay() -> None:
+    model = _net()
+    inv, other = _split(model)
+    opt = torch.optim.SGD([{"params": inv}, {"params": other}], lr=0.1, momentum=0.9, weight_decay=0.05)
+    with pytest.raises(ValueError, match="track_growth follows the growth of decoupled decay"):
+        CorrectedWeightDecay(model, opt, track_growth=True)

@@ -40,12 +40,16 @@ def test_control_section_parses_and_refuses_what_cannot_work() -> None:
     assert config_from_dict({}).control.kind == "none"
     cfg = config_from_dict({"optim": {"name": "adamw"}, "control": {"kind": "rotation"}})
     assert cfg.control.kind == "rotation" and cfg.to_dict()["control"] == {"kind": "rotation"}
-    with pytest.raises(ValueError, match=r"\[control\] kind = 'spin'.*none, corrected_decay, rotation"):
+    with pytest.raises(
+        ValueError, match=r"\[control\] kind = 'spin'.*none, corrected_decay, corrected_growth, rotation"
+    ):
         config_from_dict({"control": {"kind": "spin"}})
     with pytest.raises(ValueError, match=r"\[control\] kind = 'rotation'.*\[rescale\] enabled = false"):
         config_from_dict({"control": {"kind": "rotation"}, "rescale": {"enabled": True}})
     with pytest.raises(ValueError, match=r"\[control\].*not 'adam'"):
         config_from_dict({"optim": {"name": "adam"}, "control": {"kind": "corrected_decay"}})
+    with pytest.raises(ValueError, match=r"\[control\] kind = 'corrected_growth'.*needs adamw, not 'sgd'"):
+        config_from_dict({"optim": {"name": "sgd"}, "control": {"kind": "corrected_growth"}})
     with pytest.raises(ValueError, match=r"\[control\] unknown key 'mode'"):
         config_from_dict({"control": {"mode": "x"}})
 
@@ -54,6 +58,7 @@ def test_shipped_configs_differ_from_the_baseline_only_in_their_control() -> Non
     base = load_config("schedules_cosine").to_dict()
     expected = {
         "schedules_corrected": {"control.kind": "corrected_decay"},
+        "schedules_corrected_growth": {"control.kind": "corrected_growth"},
         "schedules_rotation": {"control.kind": "rotation"},
         "schedules_rescaled": {
             "rescale.enabled": True,
@@ -288,13 +293,14 @@ def test_quick_schedules(tmp_path: Path) -> None:
 
     reproduce("schedules", quick=True, out=tmp_path, threads=1, report=False, quiet=True)
     doc = json.loads((tmp_path / "claims.json").read_text())
-    assert len(doc["runs"]) == 5 and all(
+    assert len(doc["runs"]) == 6 and all(
         r["status"] == "completed" and r["steps"] == 750 for r in doc["runs"]
     )
     claims = {c["id"]: c for c in doc["claims"]}
     assert set(claims) == {
         "grad_ratio_rises_under_cosine",
         "control_removes_rise_corrected",
+        "control_removes_rise_corrected_growth",
         "control_removes_rise_rescaled",
         "control_removes_rise_rotation",
         "early_rotation_excess_without_warmup",

@@ -20,6 +20,16 @@ never inflates λ, which a first-lr reference would, by peak/lr₀), and after t
 that returns to the peak returns λ_t to λ; an lr above an explicit ``reference_lr`` gives λ_t > λ (warned
 once). An lr of 0 before any positive lr leaves λ as it is (nothing moves at lr 0).
 
+λ ∝ η holds the equilibrium norm only while the gradients' statistics hold: w*² = ηK/(2λ) for decoupled
+decay, K the growth of ‖w‖² per step in units of η² (C for AdamW on gradients independent from step to
+step). Late in a decaying schedule K rises (steps that add up as the lr falls; Adam's normaliser lagging the
+gradient): 4× over the last 30% of a cosine on ``benchmarks/schedules_on_a_network.py``, where AdamC's
+norm then grows ((w_ref/‖w‖)² 0.71-0.77 over the last 20%). ``track_growth=True`` measures K̄ from the
+controlled weights' Σ‖w‖² (one host read every 10 steps) and sets λ_t = λ·(η_t/η_max)·(K̄_t/K̄_ref), K̄_ref
+its value at the last read at the reference lr (the peak: a warm-up and a stable phase keep it current,
+the decay freezes it); there (w_ref/‖w‖)² reads 1.07-1.09. Decoupled decay only: under coupled decay the
+growth per step depends on the norm itself (w*⁴ ∝ ηL/λ).
+
 How λ_t reaches the optimizer, before every step (an optimizer step pre-hook, so any scheduler that writes
 ``param_group["lr"]`` drives it):
 
@@ -42,6 +52,7 @@ becomes one ``RuntimeWarning``, λ goes back into the groups and the control is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -59,6 +70,9 @@ __all__ = ["CorrectedWeightDecay"]
 
 _log = logging.getLogger("smdyn")
 
+_GROWTH_BLOCK = 10  # steps between norm reads of track_growth (one host read per block)
+_GROWTH_WEIGHT = 0.25  # weight of the newest block in K̄ (a memory of ~40 steps)
+_GROWTH_CLIP = 16.0  # K̄/K_ref is held within [1/16, 16]
 _COUPLED = frozenset({"sgd"})  # λw is added to the gradient
 _DECOUPLED = frozenset({"adamw", "muon", "lion"})  # w ← w·(1 − ηλ) − η·u
 
@@ -76,6 +90,38 @@ class _Group:
     written: float | None = None  # the weight decay last written into the group (own groups)
     current: float = math.nan  # λ_t of the last step
     warned: set[str] = field(default_factory=set)
+    growth: _Growth | None = None  # track_growth: the measured growth of Σ‖w‖² per step
+
+
+@dataclass
+class _Growth:
+    """The growth of Σ‖w‖² per step in units of η² (K), measured over blocks of steps from one norm read.
+
+    Between reads ``block`` steps apart, Σ‖w‖² goes from x_s to x = A·x_s + K·S with A = Π a_j² and
+    S = Σ_j η_j²·Π_{i>j} a_i² (a_j = 1 − η_jλ_j, decoupled decay), K taken constant over the block; K̄ is
+    its moving average over blocks and ``ref`` K̄ at the reference lr."""
+
+    keep: float = 1.0  # A since the last read
+    gain: float = 0.0  # S since the last read
+    last: float | None = None  # Σ‖w‖² at the last read
+    mean: float | None = None  # K̄
+    ref: float | None = None  # K̄ at the reference (peak) lr
+    factor: float = 1.0  # K̄/ref, clipped, applied to λ_t
+
+    def read(self, x: float, at_reference: bool) -> None:
+        if self.last is not None and self.gain > 0 and math.isfinite(x):
+            k = (x - self.keep * self.last) / self.gain
+            if math.isfinite(k) and k > 0:  # a block a rescale or a skipped step spoiled reads nothing
+                self.mean = k if self.mean is None else self.mean + _GROWTH_WEIGHT * (k - self.mean)
+                if self.ref is None or at_reference:
+                    self.ref = self.mean
+                self.factor = min(_GROWTH_CLIP, max(1.0 / _GROWTH_CLIP, self.mean / self.ref))
+        self.last, self.keep, self.gain = (x if math.isfinite(x) else None), 1.0, 0.0
+
+    def advance(self, lr: float, wd: float) -> None:
+        a_sq = (1.0 - lr * wd) ** 2
+        self.keep *= a_sq
+        self.gain = self.gain * a_sq + lr * lr
 
 
 class CorrectedWeightDecay:
@@ -96,6 +142,12 @@ class CorrectedWeightDecay:
         loss_fn: maps the model output to a scalar loss for its probe.
         hook: register the optimizer step pre-hook; ``False``: call :meth:`before_step` after backward,
             before each step (the gradients say which weights the step moves).
+        track_growth: decoupled rules only: λ_t = λ·(η_t/η_max)·(K̄_t/K̄_ref), K̄ the measured growth of the
+            controlled weights' Σ‖w‖² per step in units of η² (read every 10 steps: one host read), K̄_ref
+            its value at the reference lr. AdamC's λ ∝ η holds the norm only while K is constant; under
+            AdamW it rises as η decays (on ``benchmarks/schedules_on_a_network.py``, 4× over the last 30%
+            of a cosine), and the norm then grows: (w_ref/‖w‖)² 0.71-0.77 over the last 20% with
+            λ ∝ η, 1.00 with the growth tracked.
 
     Raises:
         TypeError: an optimizer whose rule has no known weight decay, or malformed parameters.
@@ -112,6 +164,7 @@ class CorrectedWeightDecay:
         example_batch: Any = None,
         loss_fn: Any = None,
         hook: bool = True,
+        track_growth: bool = False,
     ) -> None:
         if reference_lr is not None and (
             isinstance(reference_lr, bool)
@@ -124,6 +177,17 @@ class CorrectedWeightDecay:
         self.reference_lr = None if reference_lr is None else float(reference_lr)
         self.names = [t.name for t in targets]
         self._groups = _classify(optimizer, targets)
+        self.track_growth = bool(track_growth)
+        if self.track_growth:
+            coupled = [g.index for g in self._groups if not g.decoupled]
+            if coupled:
+                raise ValueError(
+                    f"track_growth follows the growth of decoupled decay (AdamW, Lion, Muon); param groups "
+                    f"{coupled} have coupled decay (SGD), where λ_t = λ·η_t/η_max already holds the "
+                    "equilibrium norm (w*⁴ ∝ ηL/λ: the growth per step depends on the norm itself)"
+                )
+            for g in self._groups:
+                g.growth = _Growth()
         self.step = 0
         self._closed = False
         self._handle = None
@@ -175,6 +239,10 @@ class CorrectedWeightDecay:
                 g, "above", f"param group {g.index} has lr {lr:.4g} above reference_lr {ref:.4g}: λ_t > λ"
             )
         ratio = lr / ref if ref > 0 else 1.0
+        if g.growth is not None:
+            if self.step % _GROWTH_BLOCK == 0:
+                g.growth.read(_sum_sq(g.tensors), lr >= ref * (1.0 - 1e-9))
+            ratio *= g.growth.factor
         wd = float(group["weight_decay"])
         if g.own:
             if g.written is not None and wd != g.written:  # set by someone else: the new λ
@@ -185,8 +253,12 @@ class CorrectedWeightDecay:
             g.current = g.base * ratio
             group["weight_decay"] = g.current
             g.written = g.current
+            if g.growth is not None:
+                g.growth.advance(lr, g.current)
             return
         g.base, g.current = wd, wd * ratio
+        if g.growth is not None:
+            g.growth.advance(lr, g.current)
         keep = 1.0 - lr * wd
         if not keep > 0:
             raise ValueError(f"param group {g.index}: lr·weight_decay = {lr * wd:.4g} ≥ 1")
@@ -221,8 +293,15 @@ class CorrectedWeightDecay:
             "reference_lr": self.reference_lr,
             "step": self.step,
             "units": list(self.names),
+            "track_growth": self.track_growth,
             "groups": {
-                g.index: {"base": g.base, "peak": g.peak, "written": g.written, "current": g.current}
+                g.index: {
+                    "base": g.base,
+                    "peak": g.peak,
+                    "written": g.written,
+                    "current": g.current,
+                    **({} if g.growth is None else {"growth": dataclasses.asdict(g.growth)}),
+                }
                 for g in self._groups
             },
         }
@@ -242,10 +321,17 @@ class CorrectedWeightDecay:
                 f"state was saved with reference_lr {state['reference_lr']}, this control has "
                 f"{self.reference_lr}"
             )
+        if bool(state.get("track_growth", False)) != self.track_growth:
+            raise ValueError(
+                f"state was saved with track_growth={state.get('track_growth', False)}, this control has "
+                f"{self.track_growth}"
+            )
         for g in self._groups:
             s = groups[g.index]
             g.base, g.peak, g.current = float(s["base"]), float(s["peak"]), float(s["current"])
             g.written = None if s["written"] is None else float(s["written"])
+            if g.growth is not None:
+                g.growth = _Growth(**s["growth"])
         self.step = int(state["step"])
 
     def close(self) -> None:
@@ -266,6 +352,15 @@ class CorrectedWeightDecay:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sum_sq(tensors: list[torch.Tensor]) -> float:
+    """Σ‖w‖² of the tensors, in float64, read to the host (track_growth's one read per block)."""
+    norms = torch._foreach_norm([t.detach() for t in tensors])
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for n in norms:
+        by_device.setdefault(n.device, []).append(n)
+    return sum(float(torch.stack(ns).double().pow(2).sum()) for ns in by_device.values())
 
 
 def _classify(optimizer: torch.optim.Optimizer, targets: list[_control.Target]) -> list[_Group]:

@@ -11,7 +11,7 @@ and how the monitor samples it. A TOML file names them in eight sections::
     [schedule]  kind (constant | multistep | step | cosine), milestones, gamma, step_size, warmup
     [monitor]   every, granularity, window, flush_every, tol, params ("auto", "matrices" or a list of names)
     [rescale]   enabled, mode (drops | continuous), after_warmup
-    [control]   kind (none | corrected_decay | rotation)
+    [control]   kind (none | corrected_decay | corrected_growth | rotation)
 
 Every section and key may be left out (the defaults are the dataclass defaults below). An unknown section or
 key, a value of the wrong type or a value out of range is reported with its section, key and what is
@@ -55,7 +55,7 @@ __all__ = [
 
 _OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 _SCHEDULES = ("constant", "multistep", "step", "cosine")
-_CONTROLS = ("none", "corrected_decay", "rotation")
+_CONTROLS = ("none", "corrected_decay", "corrected_growth", "rotation")
 # The data sets the loader knows; read from the data module when it is importable (see `_dataset_names`).
 _DATASETS_FALLBACK = ("digits", "mnist1d", "shapes", "cifar10", "imagefolder")
 
@@ -156,7 +156,9 @@ class ControlConfig:
     """A control of the scale-invariant weights other than the rescaling (docs/design.md §6).
 
     ``none``; ``corrected_decay``: `smdyn.CorrectedWeightDecay` (λ_t = λ·η_t/η_max, Defazio et al. 2025);
-    ``rotation``: `smdyn.RotationController` (the initial norm held, Δ_t = Δ*(η_t) every step).
+    ``corrected_growth``: the same with ``track_growth=True`` (λ_t also follows the measured growth of the
+    norm per step; AdamW only); ``rotation``: `smdyn.RotationController` (the initial norm held,
+    Δ_t = Δ*(η_t) every step).
     """
 
     kind: str = "none"
@@ -444,6 +446,13 @@ def _check_control(cfg: Config, bad: Any) -> None:
         bad("control", "kind", kind, f"must be one of {', '.join(_CONTROLS)}")
     elif kind != "none" and cfg.rescale.enabled:
         bad("control", "kind", kind, "one control per weight: set [rescale] enabled = false to use it")
+    elif kind == "corrected_growth" and cfg.optim.name != "adamw":
+        bad(
+            "control",
+            "kind",
+            kind,
+            f"follows the growth of decoupled decay: needs adamw, not {cfg.optim.name!r}",
+        )
     elif kind != "none" and cfg.optim.name not in ("sgd", "adamw"):
         bad(
             "control",

@@ -5,7 +5,8 @@
   step after the warm-up, so its reference lr is the peak: from a fresh initialisation the weights are far
   from the equilibrium of the warm-up's first lr, and following w* ∝ η^p from there would multiply them by
   (peak/lr₀)^p during the warm-up (see `smdyn.rescale`).
-- [control] ``corrected_decay``: `smdyn.CorrectedWeightDecay`; ``rotation``: `smdyn.RotationController`.
+- [control] ``corrected_decay``: `smdyn.CorrectedWeightDecay` (``corrected_growth``: with ``track_growth``);
+  ``rotation``: `smdyn.RotationController`.
   Both find the scale-invariant weights of the model themselves (`smdyn.find_scale_invariant`).
 
 Every control moves its optimizer hooks to the front, so the monitor measures the step they shape.
@@ -38,10 +39,12 @@ class RunControls:
         self.rescaler: Any = None
         self.control: Any = None
         kind = cfg.control.kind
-        if kind == "corrected_decay":
+        if kind in ("corrected_decay", "corrected_growth"):
             from smdyn.corrected_decay import CorrectedWeightDecay
 
-            self.control = CorrectedWeightDecay(model, optimizer, example_batch=example)
+            self.control = CorrectedWeightDecay(
+                model, optimizer, example_batch=example, track_growth=kind == "corrected_growth"
+            )
         elif kind == "rotation":
             from smdyn.rotation import RotationController
 

@@ -2,9 +2,10 @@
 paper, docs/design.md §6).
 
 AdamW at a peak ηλ = 4e-3 (1/(ηλ) = 250 steps, the full runs last 3 000) with a cosine decay to 0, on a small
-character-level GPT whose QK-normalised q/k projections are scale-invariant (the monitored weights). Five
+character-level GPT whose QK-normalised q/k projections are scale-invariant (the monitored weights). Six
 configs, three seeds each: warm-up + cosine without a control (``schedules_cosine``), with
-`smdyn.CorrectedWeightDecay` (``schedules_corrected``), with the continuous `smdyn.Rescaler` attached at the
+`smdyn.CorrectedWeightDecay` (``schedules_corrected``; with ``track_growth``: ``schedules_corrected_growth``),
+with the continuous `smdyn.Rescaler` attached at the
 end of the warm-up (``schedules_rescaled``), with `smdyn.RotationController` (``schedules_rotation``), and
 the cosine without warm-up (``schedules_nowarmup``).
 
@@ -52,6 +53,7 @@ __all__ = ["EXPERIMENT", "THRESHOLDS", "SchedulesThresholds", "early_rotation", 
 BASELINE = "schedules_cosine"
 CONTROLS = {
     "schedules_corrected": "CorrectedWeightDecay (λ_t = λ·η_t/η_max)",
+    "schedules_corrected_growth": "CorrectedWeightDecay(track_growth=True) (λ_t = λ·η_t/η_max·K̄_t/K̄_ref)",
     "schedules_rescaled": "the continuous Rescaler (from the end of the warm-up)",
     "schedules_rotation": "RotationController (fixed norm, Δ_t = Δ*(η_t))",
 }
