@@ -379,11 +379,15 @@ def _blocks(steps: int, blocks: int = 10) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
 
 
-def late_readings(delta_ratio_sq: np.ndarray, norm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def late_readings(
+    delta_ratio_sq: np.ndarray, norm: np.ndarray, measured: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per block of the last 20%: layer-mean RMS Δ/Δ*, and layer-mean (w_ref/‖w‖)², w_ref each layer's
-    mean norm over 10–20% of the run (‖g‖/‖w‖ against ‖g̃‖/w_ref²: 1 while the norm holds)."""
+    mean norm over 10–20% of the run (‖g‖/‖w‖ against ‖g̃‖/w_ref²: 1 while the norm holds), taken from the
+    ``measured`` norms where given (a forecast's norms start later)."""
     steps = norm.shape[1]
-    ref = np.nanmean(norm[:, _window(steps, 0.1, 0.2)], axis=1, keepdims=True)
+    source = norm if measured is None else measured
+    ref = np.nanmean(source[:, _window(steps, 0.1, 0.2)], axis=1, keepdims=True)
     held = (ref / norm) ** 2
     pairs = _blocks(steps)
     delta = [np.nanmean(np.sqrt(np.nanmean(delta_ratio_sq[:, a:b], axis=1))) for a, b in pairs]
@@ -398,6 +402,16 @@ def measured_late(run: Run) -> tuple[np.ndarray, np.ndarray]:
 def planned_late(plans: list[smdyn.PlanResult], name: str = "none") -> tuple[np.ndarray, np.ndarray]:
     d = np.stack([p.runs[name]["delta_ratio"] for p in plans])
     return late_readings(d**2, np.stack([p.runs[name]["weight_norm"] for p in plans]))
+
+
+def forecast_late(run: Run, at: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`late_readings` of the forecast made at ``at`` of the run (its w_ref the run's measured one)."""
+    f, shape = run.forecasts[at], run.columns["weight_norm"].shape
+    d, w = np.full(shape, np.nan), np.full(shape, np.nan)
+    for i, name in enumerate(sorted(f.plans)):
+        d[i, f.start : f.end] = f.plans[name].runs["none"]["delta_ratio"]
+        w[i, f.start : f.end] = f.plans[name].runs["none"]["weight_norm"]
+    return late_readings(d**2, w, run.columns["weight_norm"])
 
 
 def planned_rescale(rule: Rule, run: Run, fitted: list[smdyn.PlanResult]) -> list[smdyn.PlanResult]:
@@ -546,6 +560,11 @@ def part_two(rules: dict[str, Rule], runs: dict, plans: dict, controls: tuple[st
             if control in ("none", "rescale"):
                 d, g = np.concatenate([x[0] for x in late]), np.concatenate([x[1] for x in late])
                 print(f"{'':<6} {'planned':<15}  {_range(d):<11}  {_range(g):<12}")
+            if control == "none":
+                late = [forecast_late(r, FORECAST_AT[-1]) for r in rs]
+                d, g = np.concatenate([x[0] for x in late]), np.concatenate([x[1] for x in late])
+                label = f"forecast@{round(100 * FORECAST_AT[-1])}%"
+                print(f"{'':<6} {label:<15}  {_range(d):<11}  {_range(g):<12}")
 
 
 def main() -> None:

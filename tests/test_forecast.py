@@ -18,7 +18,7 @@ WIDTH, D_IN, STEPS = 48, 32, 1600
 
 
 def _setup(
-    kind: str, seed: int = 0, every: int = 1, constant: bool = False, **monitor: Any
+    kind: str, seed: int = 0, every: int = 1, constant: bool = False, corrected: bool = False, **monitor: Any
 ) -> tuple[Any, ...]:
     """Two Linear → LayerNorm weights in a group of their own, learning a noisy teacher from fresh samples
     (nothing to memorise), under warm-up + cosine to 2% of the peak (``constant``: the peak lr held)."""
@@ -39,6 +39,8 @@ def _setup(
         opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
     shape = (lambda t: 1.0) if constant else WarmupCosine(STEPS, STEPS // 20, 0.02)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, shape)
+    if corrected:
+        smdyn.CorrectedWeightDecay([("a", hidden[0]), ("b", hidden[1])], opt)
     mon = smdyn.SphericalMonitor(
         model, opt, params=[("a", hidden[0]), ("b", hidden[1])], window=50, every=every, **monitor
     )
@@ -58,10 +60,10 @@ def _setup(
     return mon, opt, sched, train
 
 
-def _end_errors(kind: str, every: int = 1) -> tuple[Forecast, dict[str, float]]:
+def _end_errors(kind: str, every: int = 1, corrected: bool = False) -> tuple[Forecast, dict[str, float]]:
     """Forecast at half-way, train to the end: (measured / forecast ‖w‖)² at the last record, per weight
     (the error of the forecast ‖g‖/‖w‖ = ‖g̃‖/‖w‖² at the same ‖g̃‖)."""
-    mon, _, sched, train = _setup(kind, every=every)
+    mon, _, sched, train = _setup(kind, every=every, corrected=corrected)
     train(STEPS // 2)
     f = forecast(mon, sched, STEPS - STEPS // 2)
     train(STEPS - STEPS // 2)
@@ -86,6 +88,19 @@ def test_forecast_from_half_way_meets_the_end_of_the_real_run(kind: str, every: 
         assert abs(e - 1) < 0.15, (name, e)
     rise = [r["rise"] for r in f.at_end().values()]
     assert min(rise) > 1.2  # the forecast does see the tail's rise
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgdm"])
+def test_forecast_under_corrected_decay_replays_the_recorded_decay(kind: str) -> None:
+    # λ_t = λ·η_t/η_max moves every step: the fit replays each step's recorded λ, and the forecast continues
+    # AdamC's rule (replayed at the last λ instead, the AdamW forecast ended 20% off in ‖w‖²). Measured:
+    # AdamW 1.016 / 0.950, SGDM 1.027 / 1.066
+    torch.set_num_threads(1)
+    f, errors = _end_errors(kind, corrected=True)
+    for name, e in errors.items():
+        assert abs(e - 1) < 0.1, (name, e)
+    lr, wd = f.plans["a"].lr, f.plans["a"].runs["none"]["weight_decay"]
+    np.testing.assert_allclose(wd / lr, wd[0] / lr[0], rtol=1e-9)  # λ_t ∝ η_t below the peak
 
 
 def test_forecast_follows_adamw_through_an_lr_drop_from_a_warm_state() -> None:
@@ -166,6 +181,10 @@ def test_forecast_refuses_what_it_cannot_read_by_name() -> None:
     channels, *_ = _setup("adamw", granularity="channel")
     with pytest.raises(ValueError, match="granularity='tensor'"):
         forecast(channels, None, 10)
+    with pytest.warns(UserWarning, match="Rescaler without model"):
+        smdyn.Rescaler(mon.optimizer, [("a", mon.units[0].tensors[0])], force=True)
+    with pytest.raises(ValueError, match=r"held by smdyn\.Rescaler"):
+        forecast(mon, None, 10)
 
 
 @pytest.mark.parametrize("make", ["adagrad", "nesterov"])
@@ -186,3 +205,41 @@ def test_forecast_refuses_rules_it_does_not_model(make: str) -> None:
         opt.step()
     with pytest.raises(ValueError, match=r"no equilibrium theory|Nesterov"):
         forecast(mon, None, 10)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9), "without decay"),
+        (lambda p: torch.optim.AdamW([p], lr=1e-2, weight_decay=0.0), "without decay"),
+        (lambda p: torch.optim.AdamW([p], lr=1e-2, weight_decay=0.1, amsgrad=True), "AMSGrad"),
+    ],
+)
+def test_forecast_refuses_settings_without_a_forecast(make: Any, match: str) -> None:
+    torch.set_num_threads(1)
+    holder = nn.Module()
+    holder.w = nn.Parameter(torch.randn(64, dtype=torch.float64))
+    opt = make(holder.w)
+    mon = smdyn.SphericalMonitor(holder, opt, params=[("w", holder.w)], window=4)
+    for _ in range(12):
+        opt.zero_grad()
+        (holder.w / holder.w.norm() * torch.randn(64, dtype=torch.float64)).sum().backward()
+        opt.step()
+    with pytest.raises(ValueError, match=match):
+        forecast(mon, None, 10)
+
+
+def test_a_weight_whose_gradients_are_all_zero_does_not_sink_the_others() -> None:
+    torch.set_num_threads(1)
+    holder = nn.Module()
+    holder.a = nn.Parameter(torch.randn(256, dtype=torch.float64))
+    holder.b = nn.Parameter(torch.randn(256, dtype=torch.float64))
+    opt = torch.optim.AdamW([holder.a, holder.b], lr=1e-2, weight_decay=0.1)
+    mon = smdyn.SphericalMonitor(holder, opt, params=[("a", holder.a), ("b", holder.b)], window=8)
+    for _ in range(200):
+        opt.zero_grad()
+        a = holder.a
+        ((a / a.norm() * torch.randn(256, dtype=torch.float64)).sum() + 0.0 * holder.b.sum()).backward()
+        opt.step()
+    f = forecast(mon, None, 50)
+    assert np.all(np.isfinite(f.plans["a"].runs["none"]["weight_norm"]))

@@ -861,6 +861,11 @@ def test_optimizer_state_is_checked_and_starts_the_plan_mid_run(monkeypatch: pyt
     warm = plan(None, w0=2.0, optimizer_state={}, **kw).runs["none"]["angular_update"]
     # a fresh Adam's first step is g/|g| (19× the steady step's square at β₁ = 0.9); a warm one's is not
     assert fresh[0] / warm[0] == pytest.approx(math.sqrt(19), rel=1e-3)
+    zero = plan(None, w0=2.0, optimizer_state={"steps": 0, "second_moment": 0.0}, **kw).runs["none"]
+    np.testing.assert_array_equal(zero["angular_update"], fresh)  # 0 steps taken: a fresh start
+    three = plan(None, w0=2.0, optimizer_state={"steps": 3}, **kw).runs["none"]["angular_update"]
+    p = 0.9**4  # the 4th step's bias correction (1 + β₁⁴)/(1 − β₁⁴), v̂ in step with the gradient
+    assert three[0] / warm[0] == pytest.approx(math.sqrt((1 + p) / (1 - p)), rel=1e-3)
     # v̂ holding twice the current ‖g‖²: the steps are 1/√2 of the in-step ones (ρ² = σ²/v̂)
     lagged = plan(None, w0=2.0, L=4.0, optimizer_state={"steps": 10_000, "second_moment": 2.0}, **kw)
     in_step = plan(None, w0=2.0, L=4.0, optimizer_state={"steps": 10_000, "second_moment": 1.0}, **kw)

@@ -122,6 +122,14 @@ def moved_after_step(
     return frozenset(held), frozenset(unseen)
 
 
+def holder_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> Any:
+    """The live control that holds ``tensor``, or None."""
+    for _, ref in (getattr(optimizer, _ATTR, None) or {}).get(id(tensor), []):
+        if (owner := ref()) is not None:
+            return owner
+    return None
+
+
 def controller_of(optimizer: torch.optim.Optimizer, tensor: torch.Tensor) -> str | None:
     """The kind of a live control that holds ``tensor`` (``"RotationController"``...), or None."""
     return next((k for k, ref in (getattr(optimizer, _ATTR, None) or {}).get(id(tensor), []) if ref()), None)

@@ -169,12 +169,13 @@ class DecoupledModel:
             x = float(w_star[0]) ** 2
             return DecoupledState(x, L / x, -1)
         x = w0 * w0
-        if warm is None:
+        k, b, sigma_sq = int((warm or {}).get("steps", -1)), self.momentum, L / x
+        if warm is None or k == 0:
             return DecoupledState(x, 0.0, 0)
         second = warm.get("second_moment")
-        if second is None:
-            return DecoupledState(x, L / x, -1)
-        k, b, sigma_sq = int(warm.get("steps", -1)), self.momentum, L / x
+        if second is None:  # a normaliser in step with the gradient, over the steps taken
+            b2 = self.beta2 if self.beta2 is not None else 0.0
+            second = sigma_sq * (1.0 - b2**k) if k > 0 else sigma_sq
         if k < 0:
             return DecoupledState(x, float(second), k)
         # the momentum's averages of σ² as k steps at the current scale leave them (their weight so far)
@@ -227,12 +228,12 @@ class DecoupledModel:
         g, s = self.coefficients(np.array([lr]), np.array([wd]))
         keep, growth, step_len = (1.0 - lr * wd) ** 2, float(g[0]), float(s[0])
         b1, b2, q, beta = self.bias_correction or 0.0, self.beta2, self.memory, self.momentum
-        if b2 is None or b1:  # no normaliser (Lion, Muon), or a fresh Adam: the general step
+        if b2 is None:  # no normaliser (Lion, Muon): the general step
             return partial(_step_at, args=(keep, growth, step_len, L, b1, b2, q, beta))
         atan2, sqrt = math.atan2, math.sqrt
         b_sq, sigma_num = beta * beta, L
 
-        def step(state: Any) -> tuple[Any, float]:  # a warmed-up Adam (n = −1): no bias corrections
+        def step(state: Any) -> tuple[Any, float]:  # a warmed-up Adam (n = −1) inline, a fresh one general
             x, v, n, r1, r2 = state
             if n >= 0:
                 return _advance(state, keep, growth, step_len, L, b1, b2, q, beta)

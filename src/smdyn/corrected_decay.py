@@ -44,7 +44,9 @@ How λ_t reaches the optimizer, before every step (an optimizer step pre-hook, s
 * a mixed group under coupled decay (``torch.optim.SGD``: λw enters the gradient and the momentum buffer):
   refused, with how to give the scale-invariant weights their own group; no in-place change is exact there.
 
-The hook runs before every other per-optimizer pre-hook, so a monitor measuring the same step reads λ_t.
+The hook runs before every other per-optimizer pre-hook, so a monitor measuring the same step reads λ_t in
+a group of its own (in a mixed group the group keeps λ and the weights are scaled: the monitor's theory
+columns there use λ).
 State (λ, η_max and the value last written per group) is in :meth:`state_dict`; a run resumed from it with the
 optimizer's and scheduler's state continues bit for bit. Inside ``optimizer.step()`` nothing raises: an error
 becomes one ``RuntimeWarning``, λ goes back into the groups and the control is idle from then on.
@@ -70,7 +72,10 @@ __all__ = ["CorrectedWeightDecay"]
 
 _log = logging.getLogger("smdyn")
 
-_GROWTH_BLOCK = 10  # steps between norm reads of track_growth (one host read per block)
+_GROWTH_BLOCK = 10  # steps between norm reads of track_growth (one host read per block, at most)
+_GROWTH_MIN_DECAY = 1e-4  # a block is read once Π(1 − ηλ)² ≤ 1 − this (float32 norms resolve the change)
+_GROWTH_SKIP = 5  # blocks after the start not taken as the reference (Adam's bias-corrected start)
+_GROWTH_REF_TOL = 0.01  # a block whose largest lr is within 1% of the reference lr sets the reference
 _GROWTH_WEIGHT = 0.25  # weight of the newest block in K̄ (a memory of ~40 steps)
 _GROWTH_CLIP = 16.0  # K̄/K_ref is held within [1/16, 16]
 _COUPLED = frozenset({"sgd"})  # λw is added to the gradient
@@ -95,33 +100,57 @@ class _Group:
 
 @dataclass
 class _Growth:
-    """The growth of Σ‖w‖² per step in units of η² (K), measured over blocks of steps from one norm read.
+    """The growth of Σ‖w‖² per step in units of η² (K), over Adam's normaliser lag ρ², measured over blocks
+    of steps between norm reads.
 
-    Between reads ``block`` steps apart, Σ‖w‖² goes from x_s to x = A·x_s + K·S with A = Π a_j² and
-    S = Σ_j η_j²·Π_{i>j} a_i² (a_j = 1 − η_jλ_j, decoupled decay), K taken constant over the block; K̄ is
-    its moving average over blocks and ``ref`` K̄ at the reference lr."""
+    Between reads, Σ‖w‖² of the tensors the optimizer moved at every step of the block goes from x_s to
+    x = A·x_s + K·S, A = Π a_j², S = Σ_j η_j²·Π_{i>j} a_i² (a_j = 1 − η_jλ_j, decoupled decay), K taken
+    constant over the block (a tensor without a gradient at some step is left out: the optimizer did not
+    decay it). A block is read once its decay 1 − A reaches ``_GROWTH_MIN_DECAY`` (late in a schedule,
+    below float32's resolution of the change, blocks grow). K̄ is the moving average over blocks; ``ref`` is
+    K̄ at the last block whose largest lr was within 1% of the reference lr, the first ``_GROWTH_SKIP``
+    blocks left out (Adam's start: bias-corrected steps, an empty v̂); until it exists the factor is 1."""
 
     keep: float = 1.0  # A since the last read
     gain: float = 0.0  # S since the last read
-    last: float | None = None  # Σ‖w‖² at the last read
+    last: list[float] | None = None  # each tensor's ‖w‖² at the last read
+    moved: list[bool] | None = None  # each tensor had a gradient at every step since the last read
+    top_lr: float = 0.0  # the largest lr of the block
+    blocks: int = 0  # blocks read
     mean: float | None = None  # K̄
     ref: float | None = None  # K̄ at the reference (peak) lr
     factor: float = 1.0  # K̄/ref, clipped, applied to λ_t
 
-    def read(self, x: float, at_reference: bool) -> None:
-        if self.last is not None and self.gain > 0 and math.isfinite(x):
-            k = (x - self.keep * self.last) / self.gain
-            if math.isfinite(k) and k > 0:  # a block a rescale or a skipped step spoiled reads nothing
-                self.mean = k if self.mean is None else self.mean + _GROWTH_WEIGHT * (k - self.mean)
-                if self.ref is None or at_reference:
-                    self.ref = self.mean
-                self.factor = min(_GROWTH_CLIP, max(1.0 / _GROWTH_CLIP, self.mean / self.ref))
-        self.last, self.keep, self.gain = (x if math.isfinite(x) else None), 1.0, 0.0
+    def due(self) -> bool:
+        return self.last is None or 1.0 - self.keep >= _GROWTH_MIN_DECAY
 
-    def advance(self, lr: float, wd: float) -> None:
+    def read(self, norms_sq: list[float], lag_sq: float, reference: float) -> None:
+        """Close the block at these per-tensor ‖w‖², Adam's normaliser lag ρ² now (1.0 without one), and
+        the ``reference`` lr its largest lr is compared with."""
+        ok = all(math.isfinite(x) for x in norms_sq)
+        if self.last is not None and self.moved is not None and self.gain > 0 and ok:
+            pairs = [(x, y) for x, y, m in zip(norms_sq, self.last, self.moved, strict=True) if m]
+            x, x_s = sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+            k = (x - self.keep * x_s) / self.gain / lag_sq if pairs else math.nan
+            if math.isfinite(k) and k > 0:  # a block a rescale spoiled reads nothing
+                self.blocks += 1
+                self.mean = k if self.mean is None else self.mean + _GROWTH_WEIGHT * (k - self.mean)
+                at_reference = self.top_lr >= (1.0 - _GROWTH_REF_TOL) * reference
+                if self.blocks > _GROWTH_SKIP and (self.ref is None or at_reference):
+                    self.ref = self.mean
+                if self.ref is not None:
+                    self.factor = min(_GROWTH_CLIP, max(1.0 / _GROWTH_CLIP, self.mean / self.ref))
+        self.last = list(norms_sq) if ok else None
+        self.moved = [True] * len(norms_sq)
+        self.keep, self.gain, self.top_lr = 1.0, 0.0, 0.0
+
+    def advance(self, lr: float, wd: float, moved: list[bool]) -> None:
         a_sq = (1.0 - lr * wd) ** 2
         self.keep *= a_sq
         self.gain = self.gain * a_sq + lr * lr
+        self.top_lr = max(self.top_lr, lr)
+        if self.moved is not None:
+            self.moved = [m and n for m, n in zip(self.moved, moved, strict=True)]
 
 
 class CorrectedWeightDecay:
@@ -201,6 +230,16 @@ class CorrectedWeightDecay:
         """λ_t of the last step for each controlled param group (NaN before the first step)."""
         return {g.index: g.current for g in self._groups}
 
+    def decay_rule(self, group: int) -> tuple[float, float]:
+        """(λ', η_max) of param group ``group`` as they stand: λ_t = λ'·η_t/η_max while the lr is at or
+        below η_max (λ' = λ, times the growth factor with ``track_growth``); what :func:`smdyn.forecast`
+        continues."""
+        for g in self._groups:
+            if g.index == group:
+                ref = self.reference_lr if self.reference_lr is not None else g.peak
+                return g.base * (g.growth.factor if g.growth is not None else 1.0), ref
+        raise ValueError(f"param group {group} holds no weight of this control")
+
     # ------------------------------------------------------------------ the step
 
     def _pre_hook(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> Any:
@@ -232,6 +271,10 @@ class CorrectedWeightDecay:
                 g, "lr", f"param group {g.index} has lr {lr!r}; its weight decay is left as it is"
             )
             return
+        if g.growth is not None and self.step % _GROWTH_BLOCK == 0 and g.growth.due():
+            # the block's lrs against the reference they ran under (the peak before this step's lr)
+            before = self.reference_lr if self.reference_lr is not None else g.peak
+            g.growth.read(_norms_sq(g.tensors), _lag_sq(self.optimizer, group, g.tensors), before)
         g.peak = max(g.peak, lr)
         ref = self.reference_lr if self.reference_lr is not None else g.peak
         if lr > ref:
@@ -240,8 +283,6 @@ class CorrectedWeightDecay:
             )
         ratio = lr / ref if ref > 0 else 1.0
         if g.growth is not None:
-            if self.step % _GROWTH_BLOCK == 0:
-                g.growth.read(_sum_sq(g.tensors), lr >= ref * (1.0 - 1e-9))
             ratio *= g.growth.factor
         wd = float(group["weight_decay"])
         if g.own:
@@ -254,11 +295,11 @@ class CorrectedWeightDecay:
             group["weight_decay"] = g.current
             g.written = g.current
             if g.growth is not None:
-                g.growth.advance(lr, g.current)
+                g.growth.advance(lr, g.current, [p.grad is not None for p in g.tensors])
             return
         g.base, g.current = wd, wd * ratio
         if g.growth is not None:
-            g.growth.advance(lr, g.current)
+            g.growth.advance(lr, g.current, [p.grad is not None for p in g.tensors])
         keep = 1.0 - lr * wd
         if not keep > 0:
             raise ValueError(f"param group {g.index}: lr·weight_decay = {lr * wd:.4g} ≥ 1")
@@ -321,17 +362,12 @@ class CorrectedWeightDecay:
                 f"state was saved with reference_lr {state['reference_lr']}, this control has "
                 f"{self.reference_lr}"
             )
-        if bool(state.get("track_growth", False)) != self.track_growth:
-            raise ValueError(
-                f"state was saved with track_growth={state.get('track_growth', False)}, this control has "
-                f"{self.track_growth}"
-            )
         for g in self._groups:
             s = groups[g.index]
             g.base, g.peak, g.current = float(s["base"]), float(s["peak"]), float(s["current"])
             g.written = None if s["written"] is None else float(s["written"])
-            if g.growth is not None:
-                g.growth = _Growth(**s["growth"])
+            if g.growth is not None:  # tracking switched on at a resume starts afresh
+                g.growth = _Growth(**s["growth"]) if "growth" in s else _Growth()
         self.step = int(state["step"])
 
     def close(self) -> None:
@@ -354,13 +390,60 @@ class CorrectedWeightDecay:
         self.close()
 
 
-def _sum_sq(tensors: list[torch.Tensor]) -> float:
-    """Σ‖w‖² of the tensors, in float64, read to the host (track_growth's one read per block)."""
-    norms = torch._foreach_norm([t.detach() for t in tensors])
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
-    for n in norms:
-        by_device.setdefault(n.device, []).append(n)
-    return sum(float(torch.stack(ns).double().pow(2).sum()) for ns in by_device.values())
+def _lag_sq(optimizer: torch.optim.Optimizer, group: Mapping[str, Any], tensors: list[torch.Tensor]) -> float:
+    """Adam's ρ² = ‖g‖²/v̂ over the tensors (v̂ = Σ exp_avg_sq, bias-corrected; ``max_exp_avg_sq`` with
+    amsgrad): how much longer or shorter the steps are than at a normaliser in step with the gradient. The
+    norm's own motion sets it (the gradient of a scale-invariant weight follows 1/‖w‖, v̂ remembers ~1/(1−β₂)
+    steps), so it is divided out of K: what is left is what the gradients' statistics do. 1.0 for rules
+    without a second moment (Lion, Muon) or before it exists."""
+    betas = group.get("betas")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        return 1.0
+    key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+    grads, seconds, steps = [], [], []
+    for t in tensors:
+        st = optimizer.state.get(t, {})
+        if t.grad is None or key not in st or "step" not in st:
+            continue
+        grads.append(t.grad.detach())
+        seconds.append(st[key])
+        steps.append(float(st["step"]))
+    if not grads:
+        return 1.0
+    g_sq = sum(float(n.double()) ** 2 for n in _norms(grads))
+    v = sum(float(x.double().sum()) for x in seconds)
+    corr = 1.0 - float(betas[1]) ** max(steps)
+    lag = g_sq * corr / v if v > 0 else math.nan
+    return lag if math.isfinite(lag) and lag > 0 else 1.0
+
+
+def _norms_sq(tensors: list[torch.Tensor]) -> list[float]:
+    """Each tensor's ‖w‖², reduced in float32 at least (a bf16 norm is as coarse as the change it must see),
+    read to the host as float64: track_growth's one read per block (one sync per device)."""
+    norms = _norms(tensors)
+    by_device: dict[torch.device, list[int]] = {}
+    for i, n in enumerate(norms):
+        by_device.setdefault(n.device, []).append(i)
+    out = [0.0] * len(tensors)
+    for idx in by_device.values():
+        values = torch.stack([norms[i].double() for i in idx]).pow(2).tolist()
+        for i, v in zip(idx, values, strict=True):
+            out[i] = v
+    return out
+
+
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``torch._foreach_norm``, with float16/bfloat16 tensors reduced in float32."""
+    low = [i for i, t in enumerate(tensors) if t.dtype in (torch.float16, torch.bfloat16)]
+    rest = [i for i in range(len(tensors)) if i not in set(low)]
+    out: list[torch.Tensor | None] = [None] * len(tensors)
+    for idx, kwargs in ((low, {"dtype": torch.float32}), (rest, {})):
+        if idx:
+            for i, n in zip(
+                idx, torch._foreach_norm([tensors[i].detach() for i in idx], 2, **kwargs), strict=True
+            ):
+                out[i] = n
+    return [n for n in out if n is not None]
 
 
 def _classify(optimizer: torch.optim.Optimizer, targets: list[_control.Target]) -> list[_Group]:

@@ -13,9 +13,11 @@ measured norm and fits the statistic to its recent past (the ``fit`` window):
 
 - the SGD family (heavy ball): L = the mean of the monitor's ``l_estimate`` over the window (h̃, the
   quantity of Thm 2 itself, measured);
-- decoupled rules whose w* grows as √C (AdamW, ``Adam(decoupled_weight_decay=True)``, Lion): the element
-  count C_eff of the growth, fitted: the plan is re-run over the window from its first measured norm, and
-  C_eff = C·mean((measured / planned norm)²) over the window's second half.
+- decoupled rules whose w* grows as √C (AdamW, ``Adam(decoupled_weight_decay=True)``, Lion, Muon): the
+  element count C_eff of the growth, fitted: the recurrence is replayed over the window (each step at its
+  recorded lr and weight decay) from its first measured norm, and C_eff = C·mean((measured / planned norm)²)
+  over the window's second half. AdamW's plan starts from the optimizer's own Σ exp_avg_sq and step count
+  (v̂ keeps lagging the gradient as it did); inside the window the state is rebuilt from the records.
 
 The statistic is then held constant to the end, so what the forecast cannot see is how the gradients change
 from now on; the later it is made, the less that matters. Measured (3 seeds, warm-up + cosine to 2% of the
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from smdyn import _control, theory
 from smdyn.plan import PlanResult, plan
 from smdyn.rules import Rule, rule_for
 
@@ -123,8 +126,11 @@ def forecast(
             least 2 × ``monitor.window`` steps, at most all of the history.
 
     Raises:
-        ValueError: bad arguments, per-channel records, a weight with too little history, a rule the
-            forecast does not model (Nesterov or dampened SGD, Muon, rules without theory).
+        ValueError: bad arguments, per-channel records, a weight with too little history, no weight decay
+            or lr·wd past the equilibrium, a rule the forecast does not model (Nesterov or dampened SGD,
+            AMSGrad, rules without theory), a weight held by a Rescaler or a RotationController (a weight
+            under CorrectedWeightDecay is forecast with λ_t = λ·η_t/η_max ahead, λ and η_max the
+            control's own, its growth factor held).
     """
     if steps is None or isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}")
@@ -224,6 +230,19 @@ def _one(
     rule = rule_for(opt, group)
     lr, wd, mom = (float(rows[k][-1]) for k in ("lr", "wd", "momentum"))
     _check_rule(unit.name, rule, lr, wd, mom)
+    if group.get("amsgrad", False):
+        raise ValueError(
+            f"{unit.name}: AMSGrad divides by the running maximum of v, which the forecast's recurrence (an "
+            "average) does not model"
+        )
+    held = {_control.controller_of(opt, t) for t in unit.tensors} - {None}
+    corrected = held == {"CorrectedWeightDecay"}
+    decay_rule = _control.holder_of(opt, unit.tensors[0]).decay_rule(gi) if corrected else None
+    if held and not corrected:
+        raise ValueError(
+            f"{unit.name}: held by smdyn.{held.pop()}, which moves the weight itself; the forecast follows "
+            "the optimizer's own dynamics (smdyn.plan(control=...) plans a control from the start)"
+        )
     steps_rec = rows["step"]
     t0 = int(steps_rec[-1])
     relax = round(float(rule.relaxation_steps(lr, wd, mom)))
@@ -235,7 +254,7 @@ def _one(
         )
     win = {k: v[sel] for k, v in rows.items()}
     numel = float(sum(t.numel() for t in unit.tensors))
-    common = {"wd": wd, "momentum": mom, "optimizer": opt, "group": gi, "control": "none"}
+    common = {"momentum": mom, "optimizer": opt, "group": gi}
     warm: dict[str, Any] | None = {}
     if rule.family == "sgd":
         ell = win["l_estimate"][np.isfinite(win["l_estimate"]) & (win["l_estimate"] > 0)]
@@ -255,13 +274,21 @@ def _one(
             real = _second_moment(opt, unit)
             warm = (
                 {"steps": taken, "second_moment": real}
-                if real is not None and taken is not None
-                else _history_state(rows, t0, beta2, None)
+                if real is not None and real > 0 and taken is not None
+                else _usable(_history_state(rows, t0, beta2, None))
             )
-    p = plan(
-        _relative(ahead), lr=float(ahead[0]), steps=len(ahead), w0=float(rows["weight_norm"][-1]), L=L,
-        numel=c_eff, optimizer_state=warm, **common,
-    )  # fmt: skip
+    start = {"lr": float(ahead[0]), "steps": len(ahead), "w0": float(rows["weight_norm"][-1]), "L": L}
+    if decay_rule is not None:  # λ_t = λ·η_t/η_max ahead, as the control stands now (AdamC)
+        base, peak = decay_rule
+        p = plan(
+            _relative(ahead), **start, wd=base, numel=c_eff, optimizer_state=warm, control="corrected_decay",
+            reference_lr=peak, **common,
+        )  # fmt: skip
+        p.runs["none"] = p.runs.pop("corrected_decay")
+    else:
+        p = plan(
+            _relative(ahead), **start, wd=wd, numel=c_eff, optimizer_state=warm, control="none", **common
+        )
     fitted = {
         "rule": rule.name,
         "weight_norm": float(rows["weight_norm"][-1]),
@@ -329,11 +356,20 @@ def _history_state(
 
 
 def _check_rule(name: str, rule: Rule, lr: float, wd: float, mom: float) -> None:
+    if not (wd > 0):
+        raise ValueError(
+            f"{name}: weight decay {wd!r}: without decay there is no equilibrium norm to forecast"
+        )
     if not rule.theory:
         raise ValueError(
             f"{name}: rule {rule.name!r} has no equilibrium theory to forecast with: {rule.note}"
         )
-    if rule.family == "sgd":
+    coupled = rule.family == "sgd"
+    if not bool(theory.equilibrium_exists(lr, wd, mom, coupled=coupled)):
+        raise ValueError(
+            f"{name}: lr·weight_decay = {lr * wd:.4g}: past the equilibrium of rule {rule.name!r}"
+        )
+    if coupled:
         if not rule.heavy_ball:
             raise ValueError(f"{name}: rule {rule.name!r}: Nesterov and dampened SGD are not modelled")
         return
@@ -341,7 +377,7 @@ def _check_rule(name: str, rule: Rule, lr: float, wd: float, mom: float) -> None
     if not (math.isfinite(w1) and math.isfinite(w4) and math.isclose(w4, 2 * w1, rel_tol=1e-6)):
         raise ValueError(
             f"{name}: rule {rule.name!r}: its w* does not grow as √C, so its norm's scale cannot be fitted "
-            "(the forecast models the SGD family, AdamW and Lion)"
+            "(the forecast models the SGD family, AdamW, Lion and Muon)"
         )
 
 
@@ -359,20 +395,33 @@ def _fit_scale(
     beta2: float | None,
     taken_now: int | None,
 ) -> float:
-    """C_eff/C: the plan over the window from its first measured norm (Adam's state then rebuilt from the
-    records), its second half matched in ‖w‖²."""
+    """C_eff/C: the recurrence replayed over the window (each step at its recorded lr and weight decay)
+    from its first recorded norm (Adam's state then rebuilt from the records); its second half matched in
+    ‖w‖²."""
+    from smdyn._plan_setup import setup
+
     steps = win["step"]
     a = int(steps[0])
     n = int(steps[-1]) - a + 1
-    # the lr of every step of the window: each recorded lr holds until the next record
+    # the settings of every step of the window: each record's hold until the next record
     idx = np.searchsorted(steps, np.arange(a, a + n), side="right") - 1
-    lrs = win["lr"][idx]
+    lrs, wds = win["lr"][idx], win["wd"][idx]
     taken = None if taken_now is None else taken_now - (int(steps[-1]) - a)
-    warm = {} if beta2 is None else _history_state(rows, a, beta2, taken)
-    p = plan(
-        _relative(lrs), lr=float(lrs[0]), steps=n, w0=float(win["weight_norm"][0]), L=L, numel=numel,
-        optimizer_state=warm, **common,
+    warm = {} if beta2 is None else _usable(_history_state(rows, a, beta2, taken))
+    su = setup(
+        None, float(lrs[0]), float(wds[0]), common["momentum"], common["optimizer"], None, numel, None, None,
+        common["group"], n, True,
     )  # fmt: skip
-    planned = p.runs["none"]["weight_norm"][steps - a]
+    state = su.model.start(float(win["weight_norm"][0]), float(lrs[0]), float(wds[0]), L, warm)
+    w_sq, _, _ = su.model.run(state, lrs, wds, np.full(n, L), np.ones(n))
+    planned = np.sqrt(w_sq[steps - a])
     half = steps >= a + n // 2
     return float(np.mean((win["weight_norm"][half] / planned[half]) ** 2))
+
+
+def _usable(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An Adam state the plan can start from: a zero second moment (a weight whose gradients were all 0)
+    reads as a normaliser in step with the gradient."""
+    if state is not None and state.get("second_moment", 1.0) <= 0:
+        return {}
+    return state

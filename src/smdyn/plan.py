@@ -371,9 +371,10 @@ def plan(
             Rescaler's own documentation advises; 0 rescales through the warm-up (a fresh norm scaled up
             by (η_peak/η₀)^¼).
         optimizer_state: with ``w0``, a plan that starts mid-run (:func:`smdyn.forecast`): the optimizer's
-            ``steps`` taken so far and, for AdamW, its ``second_moment`` Σ exp_avg_sq over the weight's
-            elements (the average of ‖g‖² its normaliser holds, in the units of ``L``/‖w‖²); ``{}`` for a
-            warmed-up state whose normaliser is in step with the gradient. Default: empty (a fresh start).
+            ``steps`` taken so far (0: a fresh start) and, for AdamW, its ``second_moment`` Σ exp_avg_sq over
+            the weight's elements (the average of ‖g‖² its normaliser holds, in the units of ``L``/‖w‖²;
+            without it, one in step with the gradient); ``{}`` for a warmed-up state in step with the
+            gradient. Default: empty (a fresh start).
             The SGD recurrence starts at rest either way (its buffer is forgotten within ~1/(1−α) steps).
 
     Returns:
@@ -450,7 +451,7 @@ def _check_optimizer_state(state: Any, w0: float | None) -> dict[str, Any] | Non
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
             raise ValueError(f"optimizer_state['steps'] must be an int >= 0, got {k!r}")
         out["steps"] = int(k)
-    if "second_moment" in state:
+    if "second_moment" in state and out.get("steps") != 0:  # after 0 steps there is nothing to hold
         out["second_moment"] = _number("optimizer_state['second_moment']", state["second_moment"])
     return out
 
