@@ -6,7 +6,7 @@ decoupled rules the growth of ‖w‖² per step, which the rule's closed form t
 from step to step (AdamW: w* = √(ηC/(2λ)), Kosson et al. 2024). Real gradients differ, and the difference
 moves with the lr: on the network of ``benchmarks/schedules_on_a_network.py`` the AdamW norm sat at 0.55–0.67
 of that w* at the peak lr, and its growth per step rose 4× over the last 30% of a cosine, so a plan made
-before training read ‖g‖/‖w‖ 12% low at 50% of the run and 15–17% high at 90–100%.
+before training read ‖g‖/‖w‖ 12% low at 50% of the run and 16–18% high at 90–100%.
 
 Mid-run the monitor has measured the statistic. :func:`forecast` starts the plan at each weight's last
 measured norm and fits the statistic to its recent past (the ``fit`` window):
@@ -22,9 +22,10 @@ measured norm and fits the statistic to its recent past (the ``fit`` window):
 The statistic is then held constant to the end, so what the forecast cannot see is how the gradients change
 from now on; the later it is made, the less that matters. Measured (3 seeds, warm-up + cosine to 2% of the
 peak, 5000 steps; the benchmark above), the forecast's ‖g‖/‖w‖ at 90% and 100% of the run against the
-measured values: from 50% of the run 0.96–1.05 (AdamW) and 1.07–1.12 (SGDM); from 70%, 0.99–1.02 and
-1.05–1.08. The plan's readings (``PlanResult.runs["none"]``) are the uncontrolled run's from the forecast's
-first step on; the controls are not forecast.
+measured values: from 50% of the run 0.88–0.93 (AdamW) and 1.08–1.12 (SGDM); from 70%, 1.00–1.04 and
+1.06–1.07. The plan's readings (``PlanResult.runs["none"]``) are the run's from the forecast's first step
+on: without a control, or under a :class:`smdyn.CorrectedWeightDecay`, whose rule it continues; weights
+held by the other controls are refused.
 """
 
 from __future__ import annotations
