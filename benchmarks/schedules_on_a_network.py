@@ -345,35 +345,36 @@ def _around(steps: int, percent: float) -> slice:
     return slice(max(0, t - half), min(steps, t + half + 1))
 
 
-def grad_weight_ratios(run: Run, plans: list[smdyn.PlanResult]) -> list[tuple[float, float]]:
-    """(measured, predicted) ‖g‖/‖w‖ per point of PERCENTS: predicted = measured ‖g̃‖ / planned ‖w‖²."""
+def _ratios(run: Run, w_plan: np.ndarray, first: int = 0) -> list[tuple[float, float]]:
+    """(measured, predicted) ‖g‖/‖w‖ at the points of PERCENTS from step ``first``: predicted = measured
+    ‖g̃‖ / ``w_plan``² ([layers, steps])."""
     c, steps = run.columns, len(run.lr)
-    w_plan = np.stack([p.runs["none"]["weight_norm"] for p in plans])
     predicted = np.sqrt(c["unit_grad_sq"]) / w_plan**2
-    out = []
-    for p in PERCENTS:
-        s = _around(steps, p)
-        out.append((float(np.nanmean(c["grad_to_weight_ratio"][:, s])), float(np.nanmean(predicted[:, s]))))
+    points = [_around(steps, p) for p in PERCENTS]
+    return [
+        (float(np.nanmean(c["grad_to_weight_ratio"][:, s])), float(np.nanmean(predicted[:, s])))
+        for s in points
+        if s.start >= first
+    ]
+
+
+def grad_weight_ratios(run: Run, plans: list[smdyn.PlanResult]) -> list[tuple[float, float]]:
+    """:func:`_ratios` of the planned ‖w‖."""
+    return _ratios(run, np.stack([p.runs["none"]["weight_norm"] for p in plans]))
+
+
+def forecast_series(run: Run, at: float, key: str) -> np.ndarray:
+    """A series of the forecast made at ``at`` of the run as [layers, steps], NaN before its start."""
+    f = run.forecasts[at]
+    out = np.full(run.columns["weight_norm"].shape, np.nan)
+    for i, name in enumerate(sorted(f.plans)):  # the rows of run.columns, in _per_layer's order
+        out[i, f.start : f.end] = f.series(name)[key]
     return out
 
 
 def forecast_ratios(run: Run, at: float) -> list[tuple[float, float]]:
-    """(measured, predicted) ‖g‖/‖w‖ at the points of PERCENTS after the forecast's start, predicted =
-    measured ‖g̃‖ / the norm :func:`smdyn.forecast` gave from the monitor's records at ``at`` of the run."""
-    c, steps, f = run.columns, len(run.lr), run.forecasts[at]
-    names = sorted(f.plans)  # the rows of run.columns, in _per_layer's order
-    w_plan = np.full(c["weight_norm"].shape, np.nan)
-    for i, name in enumerate(names):
-        w_plan[i, f.start : f.end] = f.plans[name].runs["none"]["weight_norm"]
-    predicted = np.sqrt(c["unit_grad_sq"]) / w_plan**2
-    out = []
-    for p in PERCENTS:
-        s = _around(steps, p)
-        if s.start >= f.start:
-            out.append(
-                (float(np.nanmean(c["grad_to_weight_ratio"][:, s])), float(np.nanmean(predicted[:, s])))
-            )
-    return out
+    """:func:`_ratios` of the norm :func:`smdyn.forecast` gave from the monitor's records at ``at``."""
+    return _ratios(run, forecast_series(run, at, "weight_norm"), run.forecasts[at].start)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,11 +413,7 @@ def planned_late(plans: list[smdyn.PlanResult], name: str = "none") -> tuple[np.
 
 def forecast_late(run: Run, at: float) -> tuple[np.ndarray, np.ndarray]:
     """:func:`late_readings` of the forecast made at ``at`` of the run (its w_ref the run's measured one)."""
-    f, shape = run.forecasts[at], run.columns["weight_norm"].shape
-    d, w = np.full(shape, np.nan), np.full(shape, np.nan)
-    for i, name in enumerate(sorted(f.plans)):
-        d[i, f.start : f.end] = f.plans[name].runs["none"]["delta_ratio"]
-        w[i, f.start : f.end] = f.plans[name].runs["none"]["weight_norm"]
+    d, w = (forecast_series(run, at, k) for k in ("delta_ratio", "weight_norm"))
     return late_readings(d**2, w, run.columns["weight_norm"])
 
 

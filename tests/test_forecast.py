@@ -72,7 +72,7 @@ def _end_errors(kind: str, every: int = 1, corrected: bool = False) -> tuple[For
     for name in ("a", "b"):
         sel = h["param"] == name
         last = int(h["step"][sel][-1])
-        planned = f.plans[name].runs["none"]["weight_norm"][last - f.start]
+        planned = f.series(name)["weight_norm"][last - f.start]
         out[name] = float(h["weight_norm"][sel][-1] / planned) ** 2
     return f, out
 
@@ -99,7 +99,7 @@ def test_forecast_under_corrected_decay_replays_the_recorded_decay(kind: str) ->
     f, errors = _end_errors(kind, corrected=True)
     for name, e in errors.items():
         assert abs(e - 1) < 0.1, (name, e)
-    lr, wd = f.plans["a"].lr, f.plans["a"].runs["none"]["weight_decay"]
+    lr, wd = f.plans["a"].lr, f.series("a")["weight_decay"]
     np.testing.assert_allclose(wd / lr, wd[0] / lr[0], rtol=1e-9)  # λ_t ∝ η_t below the peak
 
 
@@ -129,7 +129,7 @@ def test_forecast_follows_adamw_through_an_lr_drop_from_a_warm_state() -> None:
     assert abs(f.fits["w"]["scale"] - 1) < 0.05  # Kosson's w* holds for independent steps
     train(1500)
     now, end = f.fits["w"]["weight_norm"], float(holder.w.detach().norm())
-    ahead = f.plans["w"].runs["none"]["weight_norm"][-1]
+    ahead = f.series("w")["weight_norm"][-1]
     assert (now / end) ** 2 > 1.4  # the norm moved: holding it would be 40% off
     assert abs((end / ahead) ** 2 - 1) < 0.02, (end, ahead)
 
@@ -242,4 +242,4 @@ def test_a_weight_whose_gradients_are_all_zero_does_not_sink_the_others() -> Non
         ((a / a.norm() * torch.randn(256, dtype=torch.float64)).sum() + 0.0 * holder.b.sum()).backward()
         opt.step()
     f = forecast(mon, None, 50)
-    assert np.all(np.isfinite(f.plans["a"].runs["none"]["weight_norm"]))
+    assert np.all(np.isfinite(f.series("a")["weight_norm"]))

@@ -229,7 +229,9 @@ class DecoupledModel:
         keep, growth, step_len = (1.0 - lr * wd) ** 2, float(g[0]), float(s[0])
         b1, b2, q, beta = self.bias_correction or 0.0, self.beta2, self.memory, self.momentum
         if b2 is None:  # no normaliser (Lion, Muon): the general step
-            return partial(_step_at, args=(keep, growth, step_len, L, b1, b2, q, beta))
+            return partial(
+                _advance, keep=keep, growth=growth, step_len=step_len, L=L, b1=b1, b2=b2, q=q, beta=beta
+            )
         atan2, sqrt = math.atan2, math.sqrt
         b_sq, sigma_num = beta * beta, L
 
@@ -256,10 +258,6 @@ class DecoupledModel:
     def theory(self, rule: Any, lrs: Array, wds: Array, ls: Array) -> tuple[Array, Array]:
         """(Δ*, w*) of the rule."""
         return rule_curves(self.rule, lrs, wds, self.momentum, self.numel)
-
-
-def _step_at(state: DecoupledState, args: tuple[Any, ...]) -> tuple[DecoupledState, float]:
-    return _advance(state, *args)
 
 
 def _advance(

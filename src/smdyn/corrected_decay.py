@@ -288,29 +288,28 @@ class CorrectedWeightDecay:
         if g.growth is not None:
             ratio *= g.growth.factor
         wd = float(group["weight_decay"])
-        if g.own:
-            if g.written is not None and wd != g.written:  # set by someone else: the new λ
-                _log.info(
-                    "smdyn: param group %d weight decay %.4g -> %.4g is the new base", g.index, g.base, wd
-                )
-                g.base = wd
-            g.current = g.base * ratio
-            group["weight_decay"] = g.current
-            g.written = g.current
-            if g.growth is not None:
-                g.growth.advance(lr, g.current, [p.grad is not None for p in g.tensors])
+        if g.own and g.written is not None and wd != g.written:  # set by someone else: the new λ
+            _log.info("smdyn: param group %d weight decay %.4g -> %.4g is the new base", g.index, g.base, wd)
+        if not g.own or wd != g.written:
+            g.base = wd
+        g.current = g.base * ratio
+        if g.own and g.growth is None:  # the common case: one float written, nothing scanned
+            group["weight_decay"] = g.written = g.current
             return
-        g.base, g.current = wd, wd * ratio
+        # a weight without a gradient is left alone by the optimizer, and so by us
+        has_grad = [p.grad is not None for p in g.tensors]
         if g.growth is not None:
-            g.growth.advance(lr, g.current, [p.grad is not None for p in g.tensors])
+            g.growth.advance(lr, g.current, has_grad)
+        if g.own:
+            group["weight_decay"] = g.written = g.current
+            return
         keep = 1.0 - lr * wd
         if not keep > 0:
             raise ValueError(f"param group {g.index}: lr·weight_decay = {lr * wd:.4g} ≥ 1")
         c = (1.0 - lr * g.current) / keep
         if c == 1.0:
             return
-        # a weight without a gradient is left alone by the optimizer, and so by us
-        moved = [p for p in g.tensors if p.grad is not None]
+        moved = [p for p, m in zip(g.tensors, has_grad, strict=True) if m]
         found_inf = getattr(self.optimizer, "found_inf", None)  # GradScaler's flag for a fused step
         if not isinstance(found_inf, torch.Tensor):
             for p in moved:
@@ -394,32 +393,20 @@ class CorrectedWeightDecay:
 
 
 def _norms_sq(tensors: list[torch.Tensor]) -> list[float]:
-    """Each tensor's ‖w‖², reduced in float32 at least (a bf16 norm is as coarse as the change it must see),
-    read to the host as float64: track_growth's one read per block (one sync per device)."""
-    norms = _norms(tensors)
-    by_device: dict[torch.device, list[int]] = {}
-    for i, n in enumerate(norms):
-        by_device.setdefault(n.device, []).append(i)
+    """Each tensor's ‖w‖², read to the host as float64: track_growth's one read per block, one foreach
+    reduction and one sync per (device, precision); bf16/fp16 are reduced in float32 (their own norm is as
+    coarse as the change it must see)."""
+    buckets: dict[tuple[torch.device, bool], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.device, t.dtype in (torch.float16, torch.bfloat16)), []).append(i)
     out = [0.0] * len(tensors)
-    for idx in by_device.values():
-        values = torch.stack([norms[i].double() for i in idx]).pow(2).tolist()
-        for i, v in zip(idx, values, strict=True):
+    for (_, low), idx in buckets.items():
+        norms = torch._foreach_norm(
+            [tensors[i].detach() for i in idx], 2, dtype=torch.float32 if low else None
+        )
+        for i, v in zip(idx, torch.stack([n.double() for n in norms]).pow(2).tolist(), strict=True):
             out[i] = v
     return out
-
-
-def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """``torch._foreach_norm``, with float16/bfloat16 tensors reduced in float32."""
-    low = [i for i, t in enumerate(tensors) if t.dtype in (torch.float16, torch.bfloat16)]
-    rest = [i for i in range(len(tensors)) if i not in set(low)]
-    out: list[torch.Tensor | None] = [None] * len(tensors)
-    for idx, kwargs in ((low, {"dtype": torch.float32}), (rest, {})):
-        if idx:
-            for i, n in zip(
-                idx, torch._foreach_norm([tensors[i].detach() for i in idx], 2, **kwargs), strict=True
-            ):
-                out[i] = n
-    return [n for n in out if n is not None]
 
 
 def _classify(optimizer: torch.optim.Optimizer, targets: list[_control.Target]) -> list[_Group]:

@@ -23,9 +23,9 @@ The statistic is then held constant to the end, so what the forecast cannot see 
 from now on; the later it is made, the less that matters. Measured (3 seeds, warm-up + cosine to 2% of the
 peak, 5000 steps; the benchmark above), the forecast's ‖g‖/‖w‖ at 90% and 100% of the run against the
 measured values: from 50% of the run 0.88–0.93 (AdamW) and 1.08–1.12 (SGDM); from 70%, 1.00–1.04 and
-1.06–1.07. The plan's readings (``PlanResult.runs["none"]``) are the run's from the forecast's first step
-on: without a control, or under a :class:`smdyn.CorrectedWeightDecay`, whose rule it continues; weights
-held by the other controls are refused.
+1.06–1.07. Each weight's series (:meth:`Forecast.series`) is its run from the forecast's first step on:
+without a control, or under a :class:`smdyn.CorrectedWeightDecay`, whose rule it continues (the plan's run
+``"corrected_decay"``); weights held by the other controls are refused.
 """
 
 from __future__ import annotations
@@ -36,11 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from smdyn import _control, theory
+from smdyn._plan_setup import _scheduler_types, setup
 from smdyn.plan import PlanResult, plan
 from smdyn.rules import Rule, rule_for
+from smdyn.schedules import scheduler_lrs
 
 __all__ = ["Forecast", "forecast"]
 
@@ -71,6 +74,12 @@ class Forecast:
     plans: dict[str, PlanResult]
     fits: dict[str, dict[str, Any]]
 
+    def series(self, name: str) -> dict[str, Array]:
+        """The per-step series of weight ``name`` from ``start`` (its plan's one run: see
+        :attr:`smdyn.PlanResult.runs`)."""
+        (run,) = self.plans[name].runs.values()
+        return run
+
     def at(self, step: int) -> dict[str, dict[str, float]]:
         """Per weight, the forecast readings at monitor step ``step`` (``start`` ≤ step < ``end``):
         ``weight_norm``, ``grad_to_weight_ratio`` (‖g‖/‖w‖ with ‖g̃‖² held at L), ``rise`` (its value
@@ -79,8 +88,8 @@ class Forecast:
             raise ValueError(f"step must be in [{self.start}, {self.end}), got {step!r}")
         k = step - self.start
         out = {}
-        for name, p in self.plans.items():
-            run = p.runs["none"]
+        for name in self.plans:
+            run = self.series(name)
             ratio = run["grad_weight_ratio"]
             out[name] = {
                 "weight_norm": float(run["weight_norm"][k]),
@@ -139,15 +148,17 @@ def forecast(
         raise ValueError(f"fit must be an int >= 2 (steps), got {fit!r}")
     if getattr(monitor, "granularity", None) != "tensor":
         raise ValueError("forecast needs a SphericalMonitor with granularity='tensor' (one row per weight)")
-    if schedule is not None and not callable(schedule) and not _is_scheduler(schedule):
+    scheduler = isinstance(schedule, _scheduler_types())
+    if schedule is not None and not callable(schedule) and not scheduler:
         raise ValueError(
             f"schedule must be a torch LR scheduler, a callable t -> multiplier, or None; got "
             f"{type(schedule).__name__}"
         )
-    if _is_scheduler(schedule) and schedule.optimizer is not monitor.optimizer:
+    if scheduler and schedule.optimizer is not monitor.optimizer:
         raise ValueError("schedule: the scheduler is built on another optimizer than the monitor's")
     h = monitor.history()
     now = int(monitor.step)
+    group_of = {id(p): i for i, g in enumerate(monitor.optimizer.param_groups) for p in g["params"]}
     plans, fits = {}, {}
     start = None
     for unit in monitor.units:
@@ -156,7 +167,7 @@ def forecast(
             raise ValueError(
                 f"{unit.name}: {len(rows['step'])} usable recorded steps; a forecast needs {_MIN_ROWS}"
             )
-        gi = _group(monitor, unit)
+        gi = _control.one_group("forecast", unit.name, unit.tensors, group_of)
         t0 = int(rows["step"][-1])
         start = t0 if start is None else start
         if t0 != start:
@@ -166,47 +177,31 @@ def forecast(
         plans[unit.name], fits[unit.name] = p, fitted
     if start is None:
         raise ValueError("the monitor has no weights to forecast")
-    return Forecast(start, now, start + (now - start) + int(steps), plans, fits)
-
-
-def _is_scheduler(x: Any) -> bool:
-    import torch
-
-    return isinstance(x, torch.optim.lr_scheduler.LRScheduler)
+    return Forecast(start, now, now + int(steps), plans, fits)
 
 
 def _rows(h: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     """The weight's usable records, in step order: measured norm and lr, a row not lost."""
-    with np.errstate(invalid="ignore"):
+    norm, lr = h["weight_norm"].astype(np.float64), h["lr"].astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN compares False: such rows are left out
         sel = (
             (h["param"] == name)
-            & np.isfinite(h["weight_norm"].astype(np.float64))
-            & (h["weight_norm"].astype(np.float64) > 0)
-            & np.isfinite(h["lr"].astype(np.float64))
-            & (h["lr"].astype(np.float64) > 0)
+            & (norm > 0)
+            & (lr > 0)
+            & np.isfinite(norm * lr)
             & ~np.isin(h["reason_code"], _LOST)
         )
     order = np.argsort(h["step"][sel], kind="stable")
     return {k: np.asarray(h[k][sel][order], dtype=np.int64 if k == "step" else np.float64) for k in _KEYS}
 
 
-def _group(monitor: Any, unit: Any) -> int:
-    mine = {id(t) for t in unit.tensors}
-    groups = {i for i, g in enumerate(monitor.optimizer.param_groups) for p in g["params"] if id(p) in mine}
-    if len(groups) != 1:
-        raise ValueError(f"{unit.name}: its tensors are in param groups {sorted(groups)}; one is needed")
-    return groups.pop()
-
-
 def _lrs_ahead(optimizer: Any, gi: int, schedule: Any, gap: int, steps: int, last_lr: float) -> Array:
     """The lrs from the last recorded step on: held over the ``gap`` steps already taken, then the
     schedule's."""
-    from smdyn.schedules import scheduler_lrs
-
     current = float(optimizer.param_groups[gi]["lr"])
     if schedule is None:
         future = np.full(steps, current)
-    elif _is_scheduler(schedule):
+    elif isinstance(schedule, _scheduler_types()):
         future = scheduler_lrs(schedule, steps, gi)
     else:
         future = np.array([current * _multiplier(schedule, t) for t in range(steps)], dtype=np.float64)
@@ -285,7 +280,6 @@ def _one(
             _relative(ahead), **start, wd=base, numel=c_eff, optimizer_state=warm, control="corrected_decay",
             reference_lr=peak, **common,
         )  # fmt: skip
-        p.runs["none"] = p.runs.pop("corrected_decay")
     else:
         p = plan(
             _relative(ahead), **start, wd=wd, numel=c_eff, optimizer_state=warm, control="none", **common
@@ -320,16 +314,10 @@ def _second_moment(opt: Any, unit: Any) -> float | None:
     total = 0.0
     for t in unit.tensors:
         v = opt.state.get(t, {}).get("exp_avg_sq")
-        if not isinstance(v, _tensor_type()) or v.shape != t.shape:
+        if not isinstance(v, torch.Tensor) or v.shape != t.shape:
             return None
         total += float(v.double().sum())
     return total
-
-
-def _tensor_type() -> type:
-    import torch
-
-    return torch.Tensor
 
 
 def _history_state(
@@ -399,8 +387,6 @@ def _fit_scale(
     """C_eff/C: the recurrence replayed over the window (each step at its recorded lr and weight decay)
     from its first recorded norm (Adam's state then rebuilt from the records); its second half matched in
     ‖w‖²."""
-    from smdyn._plan_setup import setup
-
     steps = win["step"]
     a = int(steps[0])
     n = int(steps[-1]) - a + 1
